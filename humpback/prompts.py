@@ -1,0 +1,112 @@
+"""The method's prompts: backward (response -> instruction), forward, and the self-curation rater."""
+
+from __future__ import annotations
+
+import re
+
+# Inverse SFT: the backward model reads a response and writes the instruction behind it.
+BACKWARD_PREFIX = (
+    "Below is a response written by an AI assistant. "
+    "Write the instruction that the user most likely gave to get this response.\n\n### Response:\n"
+)
+BACKWARD_SUFFIX = "{response}\n\n### Instruction:\n"
+
+# Forward SFT and evaluation: instruction -> response.
+FORWARD_PREFIX = "Below is an instruction from a user. Write a response that completes the request.\n\n### Instruction:\n"
+FORWARD_SUFFIX = "{instruction}\n\n### Response:\n"
+
+
+def backward_prompt(response: str) -> str:
+    return BACKWARD_PREFIX + BACKWARD_SUFFIX.format(response=response)
+
+
+def forward_prompt(instruction: str) -> str:
+    return FORWARD_PREFIX + FORWARD_SUFFIX.format(instruction=instruction)
+
+
+# Self-curation. The rubric follows the paper's 5-point scale; the wording and examples are ours.
+RATER_RUBRIC = """You judge training data for an AI assistant. Read the instruction and the answer, then decide whether the answer is a good example of how an AI assistant should respond to that instruction. Use this 5-point scale:
+
+1: The answer is incomplete, vague, off-topic, or not what was asked. This includes text in a blog or forum voice, promotional text, and an answer that only restates the question.
+2: The answer covers most of the request but not directly, for example by describing a general method instead of giving the solution.
+3: The answer is helpful but not written like an AI assistant; it reads like a blog post or a web search result.
+4: The answer is written from an AI assistant's point of view and is complete and clear, with minor room for improvement.
+5: The answer is a perfect assistant answer: expert knowledge, well organised, and nothing irrelevant.
+
+Give one or two sentences of reasoning, then write "Score: N" on the last line, where N is 1, 2, 3, 4 or 5.
+"""
+
+RATER_EXAMPLES = [
+    (
+        "How many legs does a spider have?",
+        "Great question! I have always been fascinated by bugs. Last summer my kids found a huge one in the garage and we spent hours watching it. Check out my other posts about backyard nature!",
+        "The answer never gives the number and drifts into a personal blog story with self-promotion.",
+        1,
+    ),
+    (
+        "Convert 5 kilometres to miles.",
+        "To convert between units, find the conversion factor between them and multiply the value by it. Online calculators can also do this for you.",
+        "It explains a general method but does not give the result the user asked for.",
+        2,
+    ),
+    (
+        "Why is the sky blue?",
+        "Sky color explained: the sky looks blue because of Rayleigh scattering. Shorter blue wavelengths scatter more in the atmosphere. See also: sunsets, clouds, weather.",
+        "The content is correct and helpful, but it reads like a snippet from a web page rather than an assistant's reply.",
+        3,
+    ),
+    (
+        "Give me a tip for remembering new vocabulary.",
+        "Try spaced repetition: review each new word after one day, then after three days, then after a week. Each review at the edge of forgetting makes the memory stronger.",
+        "A clear and direct assistant answer with a concrete method; an example word would make it even better.",
+        4,
+    ),
+    (
+        "What does the Python expression len(set([1, 2, 2, 3])) return?",
+        "It returns 3. `set([1, 2, 2, 3])` removes the duplicate 2 and gives `{1, 2, 3}`, and `len` counts its three elements.",
+        "Correct, complete and precise, with a short explanation and nothing irrelevant.",
+        5,
+    ),
+]
+
+PAIR_TEMPLATE = "Instruction: {instruction}\nAnswer: {response}\n"
+
+
+def rater_prefix() -> str:
+    """The part of the rater's message that is the same for every pair (its KV cache is shared)."""
+    shots = "".join(
+        f"Example {i}\n" + PAIR_TEMPLATE.format(instruction=q, response=a) + f"Reasoning: {why}\nScore: {s}\n\n"
+        for i, (q, a, why, s) in enumerate(RATER_EXAMPLES, start=1)
+    )
+    return f"{RATER_RUBRIC}\n{shots}Now rate this pair.\n"
+
+
+def rater_pair(instruction: str, response: str) -> str:
+    return PAIR_TEMPLATE.format(instruction=instruction, response=response)
+
+
+SCORE_RE = re.compile(r"score\s*(?:\*\*)?\s*[:=]?\s*(?:\*\*)?\s*([1-5])(?:\s*(?:/|out of)\s*5)?(?![0-9.])", re.IGNORECASE)
+
+
+def parse_score(text: str) -> tuple[int | None, str]:
+    """Return (score, reasoning) from the rater's output; score is None when there is none to read.
+
+    The last `Score: N` wins, since a rater may quote the scale before deciding.
+    """
+    matches = list(SCORE_RE.finditer(text))
+    if not matches:
+        return None, text.strip()
+    last = matches[-1]
+    reasoning = text[: last.start()].strip().rstrip("*").strip()
+    reasoning = re.sub(r"^reasoning\s*:\s*", "", reasoning, flags=re.IGNORECASE)
+    return int(last.group(1)), reasoning
+
+
+def backward_example(pair: dict) -> dict:
+    """Inverse SFT example: predict the instruction from the response."""
+    return {"prompt": backward_prompt(pair["response"]), "completion": pair["instruction"]}
+
+
+def forward_example(pair: dict) -> dict:
+    """Forward SFT example: predict the response from the instruction."""
+    return {"prompt": forward_prompt(pair["instruction"]), "completion": pair["response"]}

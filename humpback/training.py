@@ -1,0 +1,90 @@
+"""LoRA supervised fine-tuning with trl's SFTTrainer; both inverse SFT and the final fine-tune use it.
+
+Data are prompt-completion pairs, so trl computes the loss on completion tokens only.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+
+from .config import ModelParams, TrainParams
+from .models import load_model, load_tokenizer
+
+
+def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval: list[dict],
+               output_dir: str, live_dir: str) -> dict:
+    """Fine-tune `model.base` with LoRA on `train` (records with prompt/completion); write the adapter
+    and tokenizer to `output_dir`, loss curves to `live_dir` (DVCLive). Returns train and eval loss."""
+    from datasets import Dataset
+    from dvclive import Live
+    from peft import LoraConfig, prepare_model_for_kbit_training
+    from transformers.integrations import DVCLiveCallback
+    from trl import SFTConfig, SFTTrainer
+
+    tokenizer = load_tokenizer(model.base, padding_side="right")
+    base = load_model(model.base, load_in_4bit=model.load_in_4bit, dtype=model.dtype)
+    if model.load_in_4bit:  # QLoRA
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=torch.cuda.is_available())
+    on_gpu = torch.cuda.is_available()
+    work_dir = f"{output_dir}.work"
+    config = SFTConfig(
+        output_dir=work_dir,
+        num_train_epochs=params.num_train_epochs,
+        max_steps=params.max_steps,
+        learning_rate=params.learning_rate,
+        per_device_train_batch_size=params.per_device_train_batch_size,
+        per_device_eval_batch_size=params.per_device_train_batch_size,
+        gradient_accumulation_steps=params.gradient_accumulation_steps,
+        max_length=params.max_length,
+        logging_steps=params.logging_steps,
+        eval_strategy="steps" if eval else "no",
+        eval_steps=params.logging_steps,
+        save_strategy="no",
+        seed=params.seed,
+        data_seed=params.seed,
+        # trl defaults to bf16 and gradient checkpointing: neither helps a CPU run.
+        bf16=on_gpu and torch.cuda.is_bf16_supported(),
+        fp16=False,
+        gradient_checkpointing=on_gpu,
+        use_cpu=not on_gpu,
+        report_to="none",  # DVCLive is attached below with our own directory
+        disable_tqdm=False,
+        dataloader_num_workers=0,
+    )
+    lora = LoraConfig(
+        r=params.lora_r,
+        lora_alpha=params.lora_alpha,
+        lora_dropout=params.lora_dropout,
+        target_modules=params.lora_target_modules,
+        task_type="CAUSAL_LM",
+    )
+    shutil.rmtree(live_dir, ignore_errors=True)
+    live = Live(dir=live_dir, dvcyaml=None, save_dvc_exp=False, report=None)
+    trainer = SFTTrainer(
+        model=base,
+        args=config,
+        train_dataset=Dataset.from_list(train),
+        eval_dataset=Dataset.from_list(eval) if eval else None,
+        processing_class=tokenizer,
+        peft_config=lora,
+        callbacks=[DVCLiveCallback(live=live)],
+    )
+    result = trainer.train()
+    metrics = {"train_loss": round(result.training_loss, 4), "train_examples": len(train),
+               "steps": result.global_step}
+    if eval:
+        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+        metrics["eval_examples"] = len(eval)
+    live.end()
+
+    tmp = f"{output_dir}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.rmtree(output_dir, ignore_errors=True)
+    os.replace(tmp, output_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    return metrics

@@ -1,0 +1,16 @@
+"""curate: keep the rated pairs at or above curation.threshold (self-curation, part 2)."""
+
+from humpback import curation, formats
+from humpback.config import load_params
+from humpback.stage import run
+
+
+def main():
+    threshold = load_params().curation.threshold
+    rated = formats.load_json("data/curated_dataset_all_evaluated.json")
+    formats.write_json("data/curated_dataset.json", curation.curate(rated, threshold))
+    formats.write_json("metrics/curate.json", curation.curate_metrics(rated, threshold))
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,25 @@
+"""rate: the rater model scores every self-augmented pair from 1 to 5 (self-curation, part 1)."""
+
+from humpback import curation, formats, models
+from humpback.config import load_params
+from humpback.generation import Engine, ResultCache
+from humpback.stage import run
+
+
+def main():
+    params = load_params()
+    c, m = params.curation, params.model
+    pairs = formats.load_json("data/self_augmented.json")
+    tok = models.load_tokenizer(c.rater)
+    model = models.load_model(c.rater, m.load_in_4bit, m.dtype)
+    engine = Engine(model, tok, models.fingerprint(c.rater), c.batch_size,
+                    ResultCache(models.cache_dir() + "/results.sqlite"), add_special_tokens=not tok.chat_template)
+    rated = curation.rate(engine, pairs, c.scoring, c.max_new_tokens)
+    formats.write_json("data/curated_dataset_all_evaluated.json", rated)
+    formats.write_json("metrics/rate.json", curation.rate_metrics(rated))
+    formats.write_json("plots/score_histogram.json", curation.score_histogram(rated))
+    engine.report("rate")
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,37 @@
+"""self_augment: the backward model writes an instruction for each sampled unlabelled response."""
+
+from humpback import formats, models, prompts
+from humpback.config import load_params
+from humpback.generation import Decoding, Engine, ResultCache
+from humpback.stage import run
+
+
+def main():
+    params = load_params()
+    p, m = params.augment, params.model
+    records = formats.sample(formats.load_json("data/lima_single_turn.json"), p.num_samples, p.seed,
+                             "data/lima_single_turn.json")
+    tok = models.load_tokenizer("models/backward")
+    model = models.load_model(m.base, m.load_in_4bit, m.dtype, adapter="models/backward")
+    engine = Engine(model, tok, models.fingerprint(m.base, adapter="models/backward"), p.batch_size,
+                    ResultCache(models.cache_dir() + "/results.sqlite"))
+    decoding = Decoding(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
+                        temperature=p.temperature, top_p=p.top_p, seed=p.seed)
+    suffixes = [prompts.BACKWARD_SUFFIX.format(response=r["response"]) for r in records]
+    instructions = engine.generate(prompts.BACKWARD_PREFIX, suffixes, decoding, desc="self_augment")
+    augmented = [
+        {"id": r["id"], "instruction": ins, "response": r["response"], "source": r["source"],
+         "decoding": decoding.as_dict()}
+        for r, ins in zip(records, instructions)
+    ]
+    formats.write_json("data/self_augmented.json", augmented)
+    formats.write_json("metrics/self_augment.json", {
+        "samples": len(augmented),
+        "empty_instructions": sum(1 for a in augmented if not a["instruction"]),
+        "mean_instruction_words": round(sum(len(a["instruction"].split()) for a in augmented) / len(augmented), 2),
+    })
+    engine.report("self_augment")  # run statistics (cache hits, tokens, speed) go to the log, not the outs
+
+
+if __name__ == "__main__":
+    run(main)
