@@ -40,12 +40,14 @@ class TrainParams:
     max_length: int = 384
     eval_size: int = 24
     logging_steps: int = 5
+    eval_steps: int = 20
     seed: int = 0
     lora_r: int = 16
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     min_pairs: int = 1  # finetune refuses to train on fewer curated pairs than this
+    max_response_words: int = 0  # inverse SFT and self-augmentation: truncate responses (0 = keep whole)
 
 
 @dataclass

@@ -16,8 +16,20 @@ FORWARD_PREFIX = "Below is an instruction from a user. Write a response that com
 FORWARD_SUFFIX = "{instruction}\n\n### Response:\n"
 
 
-def backward_prompt(response: str) -> str:
-    return BACKWARD_PREFIX + BACKWARD_SUFFIX.format(response=response)
+def truncate_words(text: str, max_words: int | None) -> str:
+    """Keep the first `max_words` words (whitespace kept), so the backward model sees a bounded response."""
+    if not max_words:
+        return text
+    words = re.findall(r"\S+\s*", text)
+    return text if len(words) <= max_words else "".join(words[:max_words]).rstrip() + " ..."
+
+
+def backward_suffix(response: str, max_words: int | None = None) -> str:
+    return BACKWARD_SUFFIX.format(response=truncate_words(response, max_words))
+
+
+def backward_prompt(response: str, max_words: int | None = None) -> str:
+    return BACKWARD_PREFIX + backward_suffix(response, max_words)
 
 
 def forward_prompt(instruction: str) -> str:
@@ -102,9 +114,9 @@ def parse_score(text: str) -> tuple[int | None, str]:
     return int(last.group(1)), reasoning
 
 
-def backward_example(pair: dict) -> dict:
-    """Inverse SFT example: predict the instruction from the response."""
-    return {"prompt": backward_prompt(pair["response"]), "completion": pair["instruction"]}
+def backward_example(pair: dict, max_words: int | None = None) -> dict:
+    """Inverse SFT example: predict the instruction from the (possibly truncated) response."""
+    return {"prompt": backward_prompt(pair["response"], max_words), "completion": pair["instruction"]}
 
 
 def forward_example(pair: dict) -> dict:

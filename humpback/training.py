@@ -41,7 +41,7 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         max_length=params.max_length,
         logging_steps=params.logging_steps,
         eval_strategy="steps" if eval else "no",
-        eval_steps=params.logging_steps,
+        eval_steps=params.eval_steps,
         save_strategy="no",
         seed=params.seed,
         data_seed=params.seed,
