@@ -1,0 +1,67 @@
+import pytest
+
+from humpback import curation, prompts
+
+
+@pytest.mark.parametrize("text,score", [
+    ("Reasoning: fine.\nScore: 4", 4),
+    ("**Score:** 5/5", 5),
+    ("The scale says Score: 1 is bad. This one is good.\nScore: 3", 3),
+    ("score = 2", 2),
+    ("I would give it score 3 out of 5", 3),
+    ("Score: 10", None),
+    ("Score: 4.5", None),
+    ("no score here", None),
+    ("", None),
+])
+def test_parse_score(text, score):
+    assert prompts.parse_score(text)[0] == score
+
+
+def test_parse_score_returns_reasoning_before_the_score():
+    assert prompts.parse_score("Reasoning: clear and complete.\nScore: 5") == (5, "clear and complete.")
+
+
+def test_rater_prefix_has_rubric_and_worked_examples():
+    prefix = prompts.rater_prefix()
+    for n in range(1, 6):
+        assert f"{n}: " in prefix
+        assert f"Score: {n}\n" in prefix  # one worked example per score
+    assert prefix.endswith("Now rate this pair.\n")
+
+
+def test_backward_prompt_truncates_long_responses_only():
+    long = " ".join(f"w{i}" for i in range(300))
+    assert prompts.truncate_words("a short reply", 5) == "a short reply"
+    cut = prompts.truncate_words(long, 10)
+    assert cut.split()[:10] == long.split()[:10] and cut.endswith(" ...")
+    ex = prompts.backward_example({"instruction": "Ask", "response": long}, 10)
+    assert ex["completion"] == "Ask" and ex["prompt"].startswith(prompts.BACKWARD_PREFIX)
+    assert ex["prompt"].endswith("### Instruction:\n")
+
+
+def test_rater_prompt_parts_split_at_the_pair(tiny_tokenizer):
+    head, template = curation.rater_prompt_parts(tiny_tokenizer, "expected")
+    assert head.startswith("<|im_start|>user\n") and head.endswith("Now rate this pair.\n")
+    full = head + template.format(pair=prompts.rater_pair("I", "R"))
+    assert full.endswith("<|im_start|>assistant\nScore:")
+    rendered = tiny_tokenizer.apply_chat_template(
+        [{"role": "user", "content": prompts.rater_prefix() + prompts.rater_pair("I", "R")}],
+        add_generation_prompt=True, tokenize=False)
+    assert full == rendered + "Score:"
+
+
+def test_digit_candidates_are_single_tokens(tiny_tokenizer):
+    joiner, ids = curation.digit_candidates(tiny_tokenizer)
+    for d, i in zip("12345", ids):
+        text = tiny_tokenizer.decode([i])
+        assert text.strip() == d
+
+
+def test_curate_threshold_and_metrics_add_up():
+    rated = [{"score": s} for s in (1, 2, 3.5, 4, 4.2, 5, None)]
+    assert [r["score"] for r in curation.curate(rated, 4)] == [4, 4.2, 5]
+    m = curation.curate_metrics(rated, 4)
+    assert m["kept"] == 3 and m["kept_at"] == {"3": 4, "4": 3, "5": 1}
+    r = curation.rate_metrics(rated)
+    assert r["unparsable"] == 1 and sum(r["histogram"].values()) == r["rated"] == 7
