@@ -123,6 +123,8 @@ def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", ada
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, adapter)
+        if not load_in_4bit:  # merged LoRA weights: plain matmuls at inference, no adapter overhead
+            model = model.merge_and_unload()
     model.eval()
     return model
 

@@ -10,12 +10,13 @@ import shutil
 
 import torch
 
+from . import HumpbackError
 from .config import ModelParams, TrainParams
 from .models import load_model, load_tokenizer
 
 
 def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval: list[dict],
-               output_dir: str, live_dir: str) -> dict:
+               output_dir: str, live_dir: str, name: str = "train") -> dict:
     """Fine-tune `model.base` with LoRA on `train` (records with prompt/completion); write the adapter
     and tokenizer to `output_dir`, loss curves to `live_dir` (DVCLive). Returns train and eval loss."""
     from datasets import Dataset
@@ -72,12 +73,17 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         peft_config=lora,
         callbacks=[DVCLiveCallback(live=live)],
     )
+    # trl drops examples whose prompt alone fills max_length (no completion token left to learn from).
+    kept = len(trainer.train_dataset)
+    if kept == 0:
+        raise HumpbackError(f"{name}: none of {len(train)} examples leaves a completion token within "
+                            f"{name}.max_length={params.max_length}; raise it")
     result = trainer.train()
-    metrics = {"train_loss": round(result.training_loss, 4), "train_examples": len(train),
-               "steps": result.global_step}
+    metrics = {"train_loss": round(result.training_loss, 4), "train_examples": kept,
+               "dropped_too_long": len(train) - kept, "steps": result.global_step}
     if eval:
         metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
-        metrics["eval_examples"] = len(eval)
+        metrics["eval_examples"] = len(trainer.eval_dataset)
     live.end()
 
     tmp = f"{output_dir}.tmp"

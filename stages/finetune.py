@@ -19,7 +19,7 @@ def main():
     train = [prompts.forward_example(x) for x in curated]
     # Eval loss on held-out LIMA pairs: never augmented, so it measures generalisation.
     eval = [prompts.forward_example(x) for x in formats.load_json("data/lima_heldout.json")[: p.eval_size]]
-    metrics = train_lora(params.model, p, train, eval, "models/final", "dvclive/finetune")
+    metrics = train_lora(params.model, p, train, eval, "models/final", "dvclive/finetune", "finetune")
     formats.write_json("metrics/finetune.json", {"threshold": threshold, **metrics})
 
 

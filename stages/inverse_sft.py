@@ -11,7 +11,7 @@ def main():
     p = params.inverse_sft
     examples = [prompts.backward_example(x, p.max_response_words) for x in formats.load_json("data/guanaco_inverse.json")]
     train, eval = examples[p.eval_size :], examples[: p.eval_size]
-    metrics = train_lora(params.model, p, train, eval, "models/backward", "dvclive/inverse_sft")
+    metrics = train_lora(params.model, p, train, eval, "models/backward", "dvclive/inverse_sft", "inverse_sft")
     formats.write_json("metrics/inverse_sft.json", metrics)
 
 

@@ -94,3 +94,19 @@ def test_real_default_model_generates_text():
     text = tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)
     assert "Paris" in text
     assert os.path.exists(os.path.join(models.resolve(DEFAULT), "model.safetensors"))
+
+
+def test_reference_gpu_profile_is_valid_and_uses_qlora(repo_root):
+    from humpback.config import load_params
+
+    p = load_params(f"{repo_root}/profiles/llama2-7b-qlora.yaml")
+    assert p.model.load_in_4bit and p.model.base == "meta-llama/Llama-2-7b-hf"
+    assert p.curation.rater == "meta-llama/Llama-2-7b-chat-hf" and p.data.source == "hub"
+
+
+def test_unknown_param_is_a_one_line_error(tmp_path):
+    from humpback.config import load_params
+
+    (tmp_path / "params.yaml").write_text("curation:\n  treshold: 4\n")
+    with pytest.raises(HumpbackError, match=r"params.yaml.curation: unknown key\(s\) treshold"):
+        load_params(str(tmp_path / "params.yaml"))
