@@ -178,20 +178,15 @@ def test_dev_s3_script_serves_the_remote_until_interrupted(tmp_path_factory, rep
     shutil.copy2(os.path.join(repo_root, "scripts", "dev-s3"), script)  # also before it is committed
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
-    proc = subprocess.Popen([script, str(port)], cwd=ws, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
+    log = open(os.path.join(str(tmp_path_factory.getbasetemp()), "dev-s3.log"), "w+")
+    proc = subprocess.Popen([script, str(port)], cwd=ws, stdout=log, stderr=subprocess.STDOUT,
+                            env={k: v for k, v in os.environ.items() if not k.startswith("AWS_")},
                             start_new_session=True)
     try:
-        lines = []
         deadline = time.time() + 60
-        while time.time() < deadline:
-            line = proc.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C" in line:
-                break
-        assert lines and "Ctrl-C" in lines[-1], "".join(lines)
+        while "Ctrl-C" not in open(log.name).read() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.2)
+        assert proc.poll() is None and "Ctrl-C" in open(log.name).read(), open(log.name).read()
 
         remote = tiny.run(["dvc", "config", "--local", "--list"], ws).stdout
         assert f"remote.storage.endpointurl={endpoint}" in remote
@@ -216,3 +211,4 @@ def test_dev_s3_script_serves_the_remote_until_interrupted(tmp_path_factory, rep
         if proc.poll() is None:  # the script and its moto server share the session we gave them
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        log.close()
