@@ -6,6 +6,10 @@ setup:
 repro: setup
 	dvc repro
 
+# A local S3 API server (moto) on 127.0.0.1:5555 with the bucket and the --local remote config.
+s3:
+	bash scripts/dev-s3
+
 # Quickstart 2: set up, then run the test suite.
 test: setup
 	python -m pytest -q

@@ -14,10 +14,13 @@ def repo_root():
     return ROOT
 
 
-@pytest.fixture(autouse=True)
-def _cache_dir(tmp_path_factory, monkeypatch):
-    """Each test session gets its own result/model cache, never the user's."""
-    monkeypatch.setenv("HUMPBACK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "humpback-cache"))
+@pytest.fixture(scope="session", autouse=True)
+def _cache_dir(tmp_path_factory):
+    """Each test session gets its own result/model cache, never the user's (session scope: module
+    fixtures that run `dvc repro` need it too)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HUMPBACK_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "humpback-cache"))
+        yield
 
 
 @pytest.fixture(scope="session")
