@@ -5,11 +5,23 @@ encoded once and its KV cache is reused for every batch. Suffixes are sorted by 
 the left of the suffix, between the prefix and the text: the attention mask hides the padding and
 position ids come from the mask, so each row computes exactly what it would alone.
 
+Decoding is our own loop rather than `model.generate`, for three measured or needed reasons
+(benchmarks/RESULTS.md):
+- the KV cache is a preallocated buffer per layer, written in place (`_BufferLayer`). Hugging Face's
+  `DynamicLayer` concatenates the whole cache at every step; on CPU that copy cost as much as the
+  step's matmuls. The shared prefix is broadcast into the buffer: one copy, no deepcopy per batch;
+- rows that reached their EOS leave the batch (their cache rows are dropped), instead of being
+  computed until the longest row finishes;
+- sampling draws each row from its own generator, seeded by the row's result key, so a sampled
+  result does not depend on which other prompts share its batch: a resumed or extended run samples
+  what an uninterrupted one would have. Greedy decoding is a plain argmax, identical to unbatched
+  `model.generate`.
+
 Results are written to a SQLite cache as soon as each batch completes, keyed by a hash of the model
 fingerprint (weights and adapter), the full prompt and the decoding params. Stage outputs are built
 from the cache at the end, so they stay pure functions of their inputs; the cache lives outside the
 DVC outs (see models.cache_dir) because it is an accelerator, not a result: deleting it changes
-nothing but the time a rerun takes.
+nothing but the time a rerun takes. A run killed at any point loses at most the batch in flight.
 """
 
 from __future__ import annotations
@@ -24,6 +36,11 @@ from dataclasses import asdict, dataclass
 
 import torch
 from tqdm.auto import tqdm
+from transformers import DynamicCache
+from transformers.cache_utils import DynamicLayer
+
+# Bumped when the sampler changes what a seeded sampled result is, so the cache never mixes them.
+SAMPLER_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -72,8 +89,80 @@ def result_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
+class _BufferLayer(DynamicLayer):
+    """A `DynamicLayer` that appends in place into a preallocated `[batch, heads, capacity, dim]` buffer.
+
+    `keys`/`values` are views of the filled part, so attention reads exactly what a `DynamicLayer`
+    would hold, without the per-step `torch.cat` of the whole cache.
+    """
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+        self.length = 0
+        self._k = self._v = None
+
+    def _allocate(self, like: torch.Tensor, batch: int, capacity: int) -> None:
+        shape = (batch, like.shape[1], capacity, like.shape[3])
+        self._k, self._v = like.new_empty(shape), like.new_empty(shape)
+        self.dtype, self.device, self.is_initialized = like.dtype, like.device, True
+
+    def _expose(self) -> None:
+        self.keys = self._k[:, :, : self.length]
+        self.values = self._v[:, :, : self.length]
+
+    def fill(self, keys: torch.Tensor, values: torch.Tensor, batch: int) -> None:
+        """Start from a (batch-1) prefix cache, broadcast to `batch` rows."""
+        self._allocate(keys, batch, max(self.capacity, keys.shape[2]))
+        self.length = keys.shape[2]
+        self._k[:, :, : self.length] = keys
+        self._v[:, :, : self.length] = values
+        self._expose()
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if self._k is None:
+            self._allocate(key_states, key_states.shape[0], self.capacity)
+        end = self.length + key_states.shape[2]
+        if end > self._k.shape[2]:  # over capacity: grow (the engine sizes buffers so this does not happen)
+            old_k, old_v = self._k, self._v
+            self._allocate(key_states, old_k.shape[0], max(end, 2 * old_k.shape[2]))
+            self._k[:, :, : self.length] = old_k[:, :, : self.length]
+            self._v[:, :, : self.length] = old_v[:, :, : self.length]
+        self._k[:, :, self.length : end] = key_states
+        self._v[:, :, self.length : end] = value_states
+        self.length = end
+        self._expose()
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self._k is None:
+            return
+        old_k, old_v = self._k, self._v
+        self._allocate(old_k, len(indices), old_k.shape[2])
+        self._k[:, :, : self.length] = old_k[indices, :, : self.length]
+        self._v[:, :, : self.length] = old_v[indices, :, : self.length]
+        self._expose()
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise NotImplementedError("_BufferLayer is filled per batch; it is never repeated")
+
+
+def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """Nucleus filtering, as transformers' TopPLogitsWarper (keeps at least one token)."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False
+    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), float("-inf"))
+
+
 class Engine:
     """Runs one model over many `prefix + suffix` prompts, batched, cached and resumable."""
+
+    prefill_tokens = 2048  # tokens per forward pass when a batch's prompts are computed
 
     def __init__(self, model, tokenizer, fingerprint: str, batch_size: int, cache: ResultCache | None = None,
                  add_special_tokens: bool = True):
@@ -84,9 +173,18 @@ class Engine:
         self.cache = cache
         self.add_special_tokens = add_special_tokens
         self.stats = {"items": 0, "cached": 0, "computed": 0, "prompt_tokens_computed": 0,
-                      "prompt_tokens_full": 0, "generated_tokens": 0, "seconds": 0.0}
+                      "prompt_tokens_full": 0, "generated_tokens": 0, "decode_tokens_computed": 0,
+                      "seconds": 0.0, "cpu_seconds": 0.0}
         eos = tokenizer.eos_token_id
         self.eos_ids = list({eos, *((model.generation_config.eos_token_id or []) if isinstance(model.generation_config.eos_token_id, list) else [model.generation_config.eos_token_id])} - {None})
+        # Our in-place buffer cache stands in for plain full-attention layers only; any other layer
+        # type (sliding window, linear attention) keeps its own Hugging Face cache class.
+        try:
+            layers = DynamicCache(config=model.config).layers
+        except Exception:  # an unusual config: use the model's own cache
+            layers = []
+        self._buffer_cache = bool(layers) and all(type(layer) is DynamicLayer for layer in layers)
+        self._num_layers = len(layers)
 
     @property
     def device(self):
@@ -96,98 +194,160 @@ class Engine:
         ids = self.tok(prefix, add_special_tokens=self.add_special_tokens)["input_ids"] if prefix else []
         if not ids:
             return [], None
-        with torch.no_grad():
-            out = self.model(torch.tensor([ids], device=self.device), use_cache=True)
+        out = self.model(torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)
         self.stats["prompt_tokens_computed"] += len(ids)
         return ids, out.past_key_values
 
-    def _batch_inputs(self, prefix_ids, prefix_kv, suffix_ids: list[list[int]]):
-        """Input ids `prefix | pad | suffix`, its mask, and a copy of the prefix cache for the batch."""
+    def _new_cache(self, prefix_kv, batch: int, capacity: int):
+        """A cache for `batch` rows holding the shared prefix (if any), with room for `capacity` tokens."""
+        if self._buffer_cache:
+            layers = [_BufferLayer(capacity) for _ in range(self._num_layers)]
+            if prefix_kv is not None:
+                for layer, shared in zip(layers, prefix_kv.layers):
+                    layer.fill(shared.keys, shared.values, batch)
+            cache = DynamicCache()
+            cache.layers = layers
+            return cache
+        if prefix_kv is None:
+            return DynamicCache(config=self.model.config)
+        kv = copy.deepcopy(prefix_kv)
+        kv.batch_repeat_interleave(batch)
+        return kv
+
+    def _prefill(self, prefix_ids, prefix_kv, suffix_ids: list[list[int]], extra_capacity: int):
+        """Run `prefix | pad | suffix` for a batch, the prefix coming from its shared cache.
+
+        Returns the logits after each prompt, the cache, the attention mask and each row's last position.
+        """
         width = max(len(s) for s in suffix_ids)
         pad = self.tok.pad_token_id
-        rows = [prefix_ids + [pad] * (width - len(s)) + s for s in suffix_ids]
+        rows = [[pad] * (width - len(s)) + s for s in suffix_ids]
         mask = [[1] * len(prefix_ids) + [0] * (width - len(s)) + [1] * len(s) for s in suffix_ids]
         input_ids = torch.tensor(rows, device=self.device)
         attention_mask = torch.tensor(mask, device=self.device)
-        kv = None
-        if prefix_kv is not None:
-            kv = copy.deepcopy(prefix_kv)
-            kv.batch_repeat_interleave(len(rows))
+        position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix_ids) :]
+        cache = self._new_cache(prefix_kv, len(rows), len(prefix_ids) + width + extra_capacity)
         self.stats["prompt_tokens_computed"] += len(rows) * width
         self.stats["prompt_tokens_full"] += sum(len(prefix_ids) + len(s) for s in suffix_ids)
-        return input_ids, attention_mask, kv
+        # In slices of about `prefill_tokens` tokens: smaller activations stay in cache and in reused
+        # memory; measured ~8% faster than one forward over the whole batch (benchmarks/RESULTS.md).
+        step, start = max(1, self.prefill_tokens // len(rows)), len(prefix_ids)
+        for i in range(0, width, step):
+            j = min(width, i + step)
+            logits = self.model(
+                input_ids=input_ids[:, i:j], attention_mask=attention_mask[:, : start + j],
+                position_ids=position_ids[:, i:j], past_key_values=cache, use_cache=True, logits_to_keep=1,
+            ).logits[:, -1]
+        return logits, cache, attention_mask, position_ids[:, -1]
 
-    def _run(self, kind: str, params: dict, prefix: str, suffixes: list[str], compute, desc: str) -> list:
+    def _run(self, kind: str, params: dict, prefix: str, suffixes: list[str], compute, desc: str,
+             rate_stat: str) -> list:
         """Shared driver: look up the cache, compute what is missing batch by batch, store as we go."""
         keys = [result_key(kind, self.fingerprint, params, prefix + s) for s in suffixes]
         done = self.cache.get_many(list(set(keys))) if self.cache else {}
-        todo = sorted({k: s for k, s in zip(keys, suffixes) if k not in done}.items(),
-                      key=lambda kv: -len(kv[1]))
+        todo = {k: s for k, s in zip(keys, suffixes) if k not in done}
         self.stats["items"] += len(suffixes)
         self.stats["cached"] += len(suffixes) - sum(1 for k in keys if k not in done)
         if todo:
-            prefix_ids, prefix_kv = self._encode_prefix(prefix)
-            encoded = [(k, self.tok(s, add_special_tokens=False)["input_ids"]) for k, s in todo]
-            encoded.sort(key=lambda kv: -len(kv[1]))  # similar lengths share a batch: less padding
-            start, tokens0 = time.perf_counter(), self.stats["generated_tokens"]
-            with tqdm(total=len(encoded), desc=desc, unit="ex", dynamic_ncols=True) as bar:
-                for i in range(0, len(encoded), self.batch_size):
-                    batch = encoded[i : i + self.batch_size]
-                    results = compute(prefix_ids, prefix_kv, [ids for _, ids in batch])
-                    fresh = {k: r for (k, _), r in zip(batch, results)}
-                    if self.cache:
-                        self.cache.put_many(fresh)
-                    done.update(fresh)
-                    self.stats["computed"] += len(batch)
-                    elapsed = time.perf_counter() - start
-                    bar.set_postfix(tok_s=f"{(self.stats['generated_tokens'] - tokens0) / max(elapsed, 1e-9):.1f}")
-                    bar.update(len(batch))
+            start, cpu0 = time.perf_counter(), time.process_time()
+            rate0 = self.stats[rate_stat]
+            with torch.inference_mode():
+                prefix_ids, prefix_kv = self._encode_prefix(prefix)
+                encoded = [(k, self.tok(s, add_special_tokens=False)["input_ids"]) for k, s in todo.items()]
+                encoded.sort(key=lambda kv: -len(kv[1]))  # similar lengths share a batch: less padding
+                unit = "tok/s" if rate_stat == "generated_tokens" else "prompt tok/s"
+                with tqdm(total=len(encoded), desc=desc, unit="ex", dynamic_ncols=True) as bar:
+                    for i in range(0, len(encoded), self.batch_size):
+                        batch = encoded[i : i + self.batch_size]
+                        results = compute(prefix_ids, prefix_kv, batch)
+                        fresh = {k: r for (k, _), r in zip(batch, results)}
+                        if self.cache:
+                            self.cache.put_many(fresh)  # committed: a kill from here on loses nothing
+                        done.update(fresh)
+                        self.stats["computed"] += len(batch)
+                        elapsed = time.perf_counter() - start
+                        bar.set_postfix_str(f"{(self.stats[rate_stat] - rate0) / max(elapsed, 1e-9):.1f} {unit}")
+                        bar.update(len(batch))
             self.stats["seconds"] += time.perf_counter() - start
+            self.stats["cpu_seconds"] += time.process_time() - cpu0
         return [done[k] for k in keys]
 
     def report(self, name: str) -> None:
         s = self.stats
         print(f"{name}: {s['items']} items ({s['cached']} from cache, {s['computed']} computed); "
               f"prompt tokens computed {s['prompt_tokens_computed']} of {s['prompt_tokens_full']} in full prompts; "
-              f"{s['generated_tokens']} tokens generated in {s['seconds']:.1f}s", file=sys.stderr)
+              f"{s['generated_tokens']} tokens generated in {s['seconds']:.1f}s "
+              f"({s['generated_tokens'] / max(s['seconds'], 1e-9):.1f} tok/s generated, "
+              f"{s['prompt_tokens_computed'] / max(s['seconds'], 1e-9):.0f} tok/s prompt)", file=sys.stderr)
 
     def generate(self, prefix: str, suffixes: list[str], decoding: Decoding, desc: str = "generate") -> list[str]:
         """Continue each `prefix + suffix`; each sequence stops at its own EOS."""
+        params = decoding.as_dict()
+        if decoding.do_sample:
+            params["sampler"] = SAMPLER_VERSION
 
-        def compute(prefix_ids, prefix_kv, suffix_ids):
-            input_ids, attention_mask, kv = self._batch_inputs(prefix_ids, prefix_kv, suffix_ids)
-            if decoding.do_sample:  # seeded per batch content, so a recomputed batch samples the same
-                torch.manual_seed(decoding.seed + int(result_key(suffix_ids)[:8], 16))
-            sampling = dict(temperature=decoding.temperature, top_p=decoding.top_p) if decoding.do_sample else {}
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=input_ids, attention_mask=attention_mask, past_key_values=kv,
-                    max_new_tokens=decoding.max_new_tokens, do_sample=decoding.do_sample,
-                    eos_token_id=self.eos_ids, pad_token_id=self.tok.pad_token_id, **sampling,
-                )
-            texts = []
-            for row in out[:, input_ids.shape[1] :].tolist():
-                n = next((j for j, t in enumerate(row) if t in self.eos_ids), len(row))
-                self.stats["generated_tokens"] += n + (n < len(row))
-                texts.append(self.tok.decode(row[:n], skip_special_tokens=True).strip())
-            return texts
+        def compute(prefix_ids, prefix_kv, batch):
+            tokens = self._decode(prefix_ids, prefix_kv, batch, decoding)
+            return [self.tok.decode(t, skip_special_tokens=True).strip() for t in tokens]
 
-        return self._run("generate", decoding.as_dict(), prefix, suffixes, compute, desc)
+        return self._run("generate", params, prefix, suffixes, compute, desc, "generated_tokens")
+
+    def _decode(self, prefix_ids, prefix_kv, batch, decoding: Decoding) -> list[list[int]]:
+        """Token ids written after each prompt of the batch, up to (not including) its EOS."""
+        logits, cache, mask, position = self._prefill(prefix_ids, prefix_kv, [ids for _, ids in batch],
+                                                      decoding.max_new_tokens)
+        eos = set(self.eos_ids)
+        out: list[list[int]] = [[] for _ in batch]
+        rows = list(range(len(batch)))  # which result each row of the tensors belongs to
+        finished: set[int] = set()
+        generators = None
+        if decoding.do_sample:  # per row, seeded by the row's key (which includes decoding.seed)
+            generators = [torch.Generator(device=self.device).manual_seed(int(k[:15], 16)) for k, _ in batch]
+        for step in range(decoding.max_new_tokens):
+            if decoding.do_sample:
+                scores = logits.float() / decoding.temperature
+                if decoding.top_p < 1.0:
+                    scores = _top_p_filter(scores, decoding.top_p)
+                probs = scores.softmax(-1)
+                # Finished rows still present draw from their own generator too; their draws are ignored
+                # and never affect another row.
+                nxt = torch.cat([torch.multinomial(probs[j], 1, generator=generators[r]) for j, r in enumerate(rows)])
+            else:
+                nxt = logits.argmax(-1)
+            for r, t in zip(rows, nxt.tolist()):
+                if r in finished:
+                    continue
+                self.stats["generated_tokens"] += 1
+                if t in eos:
+                    finished.add(r)
+                else:
+                    out[r].append(t)
+            if len(finished) == len(batch) or step == decoding.max_new_tokens - 1:
+                break
+            # Drop finished rows once they are a quarter of the batch: dropping copies the cache, and a
+            # decoding step on CPU costs little more per extra row, so one at a time would not pay.
+            idle = sum(1 for r in rows if r in finished)
+            if idle and idle >= len(rows) // 4:
+                keep = [j for j, r in enumerate(rows) if r not in finished]
+                index = torch.tensor(keep, device=self.device)
+                cache.batch_select_indices(index)
+                mask, position, nxt = mask[index], position[index], nxt[index]
+                rows = [rows[j] for j in keep]
+            mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
+            position = position + 1
+            self.stats["decode_tokens_computed"] += len(rows)
+            logits = self.model(
+                input_ids=nxt[:, None], attention_mask=mask, position_ids=position[:, None],
+                past_key_values=cache, use_cache=True,
+            ).logits[:, -1]
+        return out
 
     def next_token_probs(self, prefix: str, suffixes: list[str], candidates: list[int], desc: str = "score") -> list[list[float]]:
         """Probability of each candidate token right after each `prefix + suffix` (one forward pass)."""
 
-        def compute(prefix_ids, prefix_kv, suffix_ids):
-            input_ids, attention_mask, kv = self._batch_inputs(prefix_ids, prefix_kv, suffix_ids)
-            position_ids = (attention_mask.cumsum(-1) - 1).clamp(min=0)
-            start = input_ids.shape[1] - max(len(s) for s in suffix_ids) if kv is not None else 0
-            with torch.no_grad():
-                logits = self.model(
-                    input_ids=input_ids[:, start:], attention_mask=attention_mask,
-                    position_ids=position_ids[:, start:], past_key_values=kv, use_cache=kv is not None,
-                    logits_to_keep=1,
-                ).logits[:, -1].float()
-            probs = torch.softmax(logits, dim=-1)[:, candidates]
-            return probs.tolist()
+        def compute(prefix_ids, prefix_kv, batch):
+            logits, _, _, _ = self._prefill(prefix_ids, prefix_kv, [ids for _, ids in batch], 0)
+            return torch.softmax(logits.float(), dim=-1)[:, candidates].tolist()
 
-        return self._run("next_token_probs", {"candidates": candidates}, prefix, suffixes, compute, desc)
+        return self._run("next_token_probs", {"candidates": candidates}, prefix, suffixes, compute, desc,
+                         "prompt_tokens_computed")

@@ -28,26 +28,33 @@ def unbatched(model, tok, prefix, suffixes, max_new_tokens, eos_ids):
         ids = tok(prefix)["input_ids"] + tok(s, add_special_tokens=False)["input_ids"]
         g = model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
                            eos_token_id=eos_ids, pad_token_id=tok.pad_token_id)
-        outs.append(tok.decode(g[0, len(ids):], skip_special_tokens=True).strip())
+        written = g[0, len(ids):].tolist()
+        written = written[: next((i for i, t in enumerate(written) if t in eos_ids), len(written))]  # up to EOS
+        outs.append(tok.decode(written, skip_special_tokens=True).strip())
     return outs
 
 
-def test_greedy_batched_equals_unbatched(model, tiny_tokenizer):
+@pytest.mark.parametrize("prefill_tokens", [2048, 8], ids=["one-pass-prefill", "sliced-prefill"])
+@pytest.mark.parametrize("prefix", [prompts.BACKWARD_PREFIX, ""], ids=["shared-prefix", "no-prefix"])
+def test_greedy_batched_equals_unbatched(model, tiny_tokenizer, prefix, prefill_tokens):
     suffixes = [prompts.backward_suffix(r) for r in RESPONSES]
     engine = Engine(model, tiny_tokenizer, "tiny", batch_size=4)
-    batched = engine.generate(prompts.BACKWARD_PREFIX, suffixes, Decoding(max_new_tokens=12))
-    reference = unbatched(model, tiny_tokenizer, prompts.BACKWARD_PREFIX, suffixes, 12, engine.eos_ids)
+    engine.prefill_tokens = prefill_tokens
+    batched = engine.generate(prefix, suffixes, Decoding(max_new_tokens=12))
+    reference = unbatched(model, tiny_tokenizer, prefix, suffixes, 12, engine.eos_ids)
     assert batched == reference
     assert any(batched)  # a random model still writes something
-    # The shared prefix is computed once, not once per prompt.
-    assert engine.stats["prompt_tokens_computed"] < engine.stats["prompt_tokens_full"]
+    if prefix:  # the shared prefix is computed once, not once per prompt
+        assert engine.stats["prompt_tokens_computed"] < engine.stats["prompt_tokens_full"]
 
 
-def test_next_token_probs_equal_a_full_forward(model, tiny_tokenizer):
+@pytest.mark.parametrize("prefill_tokens", [2048, 16], ids=["one-pass-prefill", "sliced-prefill"])
+def test_next_token_probs_equal_a_full_forward(model, tiny_tokenizer, prefill_tokens):
     head = prompts.rater_prefix()
     suffixes = [prompts.rater_pair("Say something.", r) + "Score:" for r in RESPONSES]
     cands = [tiny_tokenizer.convert_tokens_to_ids(d) for d in "12345"]
     engine = Engine(model, tiny_tokenizer, "tiny", batch_size=4)
+    engine.prefill_tokens = prefill_tokens
     probs = engine.next_token_probs(head, suffixes, cands)
     for s, p in zip(suffixes, probs):
         ids = tiny_tokenizer(head)["input_ids"] + tiny_tokenizer(s, add_special_tokens=False)["input_ids"]
@@ -69,3 +76,49 @@ def test_cache_serves_a_rerun_and_grows_with_more_inputs(model, tiny_tokenizer, 
     third = Engine(model, tiny_tokenizer, "other-weights", 2, cache)
     third.generate(prompts.BACKWARD_PREFIX, suffixes[:3], Decoding(max_new_tokens=6))
     assert third.stats["computed"] == 3
+
+
+@pytest.mark.parametrize("buffer_cache", [True, False], ids=["buffer-cache", "hf-cache"])
+def test_rows_that_stop_early_leave_the_batch_without_changing_the_others(model, tiny_tokenizer, buffer_cache):
+    suffixes = [prompts.backward_suffix(r) for r in RESPONSES]
+    written = []
+    for s in suffixes:  # what each prompt writes when nothing stops it
+        ids = tiny_tokenizer(prompts.BACKWARD_PREFIX + s)["input_ids"]
+        g = model.generate(torch.tensor([ids]), max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                           pad_token_id=tiny_tokenizer.pad_token_id)
+        written.append(g[0, len(ids):].tolist())
+    # A token some rows write early and others late or never: as an extra EOS, rows finish at different steps.
+    common = max({t for ids in written for t in ids[:6]}, key=lambda t: sum(t in ids for ids in written))
+    engine = Engine(model, tiny_tokenizer, "tiny", batch_size=6)
+    engine.eos_ids = engine.eos_ids + [common]
+    engine._buffer_cache = buffer_cache  # the in-place KV buffer, or Hugging Face's own cache class
+    batched = engine.generate(prompts.BACKWARD_PREFIX, suffixes, Decoding(max_new_tokens=12))
+    assert batched == unbatched(model, tiny_tokenizer, prompts.BACKWARD_PREFIX, suffixes, 12, engine.eos_ids)
+    assert engine.stats["decode_tokens_computed"] < len(suffixes) * 11  # finished rows were dropped
+
+
+def test_sampling_does_not_depend_on_the_batch(model, tiny_tokenizer):
+    """Each row samples from its own seeded generator: a resumed run samples what a whole one would."""
+    suffixes = [prompts.backward_suffix(r) for r in RESPONSES]
+    decoding = Decoding(max_new_tokens=10, do_sample=True, temperature=0.9, top_p=0.9, seed=3)
+    together = Engine(model, tiny_tokenizer, "tiny", batch_size=4).generate(prompts.BACKWARD_PREFIX, suffixes, decoding)
+    alone = [Engine(model, tiny_tokenizer, "tiny", batch_size=1).generate(prompts.BACKWARD_PREFIX, [s], decoding)[0]
+             for s in suffixes]
+    assert together == alone
+    reseeded = Engine(model, tiny_tokenizer, "tiny", 4).generate(
+        prompts.BACKWARD_PREFIX, suffixes, Decoding(max_new_tokens=10, do_sample=True, temperature=0.9, top_p=0.9, seed=4))
+    assert reseeded != together
+
+
+def test_rating_in_batches_equals_rating_one_by_one(model, tiny_tokenizer):
+    from humpback import curation
+
+    pairs = [{"id": str(i), "instruction": f"Question {i}?", "response": r} for i, r in enumerate(RESPONSES)]
+    add_bos = not tiny_tokenizer.chat_template
+    one = curation.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs, "generate", 10)
+    four = curation.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs, "generate", 10)
+    assert [r["rater_output"] for r in four] == [r["rater_output"] for r in one]
+    assert any(r["rater_output"] for r in four)
+    one = curation.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs, "expected")
+    four = curation.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs, "expected")
+    assert [r["score"] for r in four] == pytest.approx([r["score"] for r in one], abs=1e-3)
