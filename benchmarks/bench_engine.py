@@ -44,6 +44,8 @@ def parse_args():
     ap.add_argument("--baseline-rev", help="also time humpback/generation.py at this git revision")
     ap.add_argument("--omp-wait-policy", default="unset",
                     help="OMP_WAIT_POLICY for (a)-(c): PASSIVE, ACTIVE, or unset (the environment's, as the stages run)")
+    ap.add_argument("--round", type=int, default=32,
+                    help="methods take turns over rounds of this many prompts, so load drift hits them alike")
     ap.add_argument("--skip", default="", help="comma-separated parts to skip: a,b,d")
     ap.add_argument("--out", help="write the report to this file (replaced)")
     return ap.parse_args()
@@ -146,109 +148,109 @@ def load_engine_module(rev: str):
     return mod
 
 
+# ---------------------------------------------------------------------------------------------- rounds
+
+def interleaved(methods: dict, items: list, round_size: int, label: str) -> dict:
+    """Run every method over the same items in rounds of `round_size`, rotating their order each round,
+    so that load from other work on a shared machine falls on all methods alike. Per method: wall and
+    CPU seconds, and each field its function returns, summed (numbers) or concatenated (lists)."""
+    acc = {name: {"wall": 0.0, "cpu": 0.0} for name in methods}
+    names = list(methods)
+    for k, i in enumerate(range(0, len(items), round_size)):
+        chunk = items[i : i + round_size]
+        for name in names[k % len(names) :] + names[: k % len(names)]:
+            with Clock() as c:
+                result = methods[name](chunk)
+            acc[name]["wall"] += c.wall
+            acc[name]["cpu"] += c.cpu
+            for key, value in result.items():
+                acc[name][key] = acc[name].get(key, [] if isinstance(value, list) else 0) + value
+            log(f"{label} round {k + 1}, {name}: {len(chunk)} items in {c.wall:.1f}s")
+    return acc
+
+
 # ---------------------------------------------------------------------------------------------- (a)
 
-def bench_augment(model, tok, records, batch_size: int, extra_batch_sizes, baseline, fm: FlopModel) -> dict:
+def bench_augment(model, tok, records, batch_sizes: list[int], baseline, fm: FlopModel, round_size: int) -> dict:
     prefix = prompts.BACKWARD_PREFIX
     suffixes = [prompts.backward_suffix(r["response"], MAX_WORDS) for r in records]
-    decoding = Decoding(max_new_tokens=MAX_NEW_TOKENS)
-    rows = {}
-
-    log(f"(a) engine, batch size {batch_size}, {len(suffixes)} prompts")
-    engine = Engine(model, tok, "bench", batch_size)
-    with Clock() as c:
-        outs = engine.generate(prefix, suffixes, decoding)
-    rows["engine"] = dict(wall=c.wall, cpu=c.cpu, gen=engine.stats["generated_tokens"], stats=dict(engine.stats), outs=outs)
-    log(f"    {c.wall:.1f}s, {engine.stats['generated_tokens'] / c.wall:.1f} tok/s")
-
-    for extra in extra_batch_sizes:
-        log(f"(a) engine, batch size {extra}")
-        other = Engine(model, tok, "bench", extra)
-        with Clock() as c:
-            other_outs = other.generate(prefix, suffixes, decoding)
-        rows[f"engine-{extra}"] = dict(wall=c.wall, cpu=c.cpu, gen=other.stats["generated_tokens"], outs=other_outs,
-                                       batch=extra)
-        log(f"    {c.wall:.1f}s, {other.stats['generated_tokens'] / c.wall:.1f} tok/s")
-
-    if baseline is not None:
-        log("(a) engine at the baseline revision")
-        old = baseline.Engine(model, tok, "bench", batch_size)
-        with Clock() as c:
-            old_outs = old.generate(prefix, suffixes, baseline.Decoding(max_new_tokens=MAX_NEW_TOKENS))
-        rows["baseline"] = dict(wall=c.wall, cpu=c.cpu, gen=old.stats["generated_tokens"], outs=old_outs)
-        log(f"    {c.wall:.1f}s, {old.stats['generated_tokens'] / c.wall:.1f} tok/s")
-
-    log("(a) naive loop: model.generate per prompt")
     prefix_ids = tok(prefix)["input_ids"]
-    eos = set(engine.eos_ids)
-    naive_outs, gen, prompt_lens, written = [], 0, [], []
-    with Clock() as c, torch.inference_mode():
-        for i, s in enumerate(suffixes):
-            ids = prefix_ids + tok(s, add_special_tokens=False)["input_ids"]  # the engine's very tokens
-            g = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
-                               eos_token_id=engine.eos_ids, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
-            n = next((j for j, t in enumerate(g) if t in eos), len(g))
-            gen += n + (n < len(g))
-            prompt_lens.append(len(ids))
-            written.append(n + (n < len(g)))
-            naive_outs.append(tok.decode(g[:n], skip_special_tokens=True).strip())
-            if (i + 1) % 16 == 0:
-                log(f"    {i + 1}/{len(suffixes)} in {time.perf_counter() - c.wall0:.0f}s")
-    rows["naive"] = dict(wall=c.wall, cpu=c.cpu, gen=gen, outs=naive_outs)
-    log(f"    {c.wall:.1f}s, {gen / c.wall:.1f} tok/s")
+    eos_ids = Engine(model, tok, "bench", 1).eos_ids
+
+    def engine(batch_size, module=None):
+        def run(chunk):
+            mod = module or sys.modules[__name__]
+            e = (module.Engine if module else Engine)(model, tok, "bench", batch_size)
+            outs = e.generate(prefix, chunk, (module.Decoding if module else Decoding)(max_new_tokens=MAX_NEW_TOKENS))
+            return {"outs": outs, "gen": e.stats["generated_tokens"]}
+        return run
+
+    def naive(chunk):
+        eos, outs, gen, lens, written = set(eos_ids), [], 0, [], []
+        with torch.inference_mode():
+            for s in chunk:
+                ids = prefix_ids + tok(s, add_special_tokens=False)["input_ids"]  # the engine's very tokens
+                g = model.generate(torch.tensor([ids]), max_new_tokens=MAX_NEW_TOKENS, do_sample=False,
+                                   eos_token_id=eos_ids, pad_token_id=tok.pad_token_id)[0, len(ids):].tolist()
+                n = next((j for j, t in enumerate(g) if t in eos), len(g))
+                w = n + (n < len(g))  # written tokens, its EOS included, as the engine counts them
+                gen, lens, written = gen + w, lens + [len(ids)], written + [w]
+                outs.append(tok.decode(g[:n], skip_special_tokens=True).strip())
+        return {"outs": outs, "gen": gen, "lens": lens, "written": written}
+
+    methods = {"naive": naive}
+    if baseline is not None:
+        methods["baseline"] = engine(batch_sizes[0], baseline)
+    for b in batch_sizes:
+        methods[f"engine-{b}"] = engine(b)
+    rows = interleaved(methods, suffixes, round_size, "(a)")
+    rows["engine"] = rows[f"engine-{batch_sizes[0]}"]
+    for b in batch_sizes:
+        rows[f"engine-{b}"]["batch"] = b
 
     # Useful FLOPs of the job: the shared prefix once, each suffix, each generated token fed back.
-    P = len(prefix_ids)
+    P, lens, written = len(prefix_ids), rows["naive"]["lens"], rows["naive"]["written"]
     useful = fm.tokens(0, P) + sum(fm.tokens(P, T) + fm.logits(1) + fm.tokens(T, T + w - 1) + fm.logits(w - 1)
-                                   for T, w in zip(prompt_lens, written))
-    naive_flops = sum(fm.tokens(0, T) + fm.logits(1) + fm.tokens(T, T + w - 1) + fm.logits(w - 1)
-                      for T, w in zip(prompt_lens, written))
-    return dict(rows=rows, n=len(suffixes), prompt_tokens=sum(prompt_lens), prefix=P, useful_flops=useful,
-                naive_flops=naive_flops, batch_size=batch_size)
+                                   for T, w in zip(lens, written))
+    return dict(rows=rows, n=len(suffixes), prompt_tokens=sum(lens), prefix=P, useful_flops=useful,
+                batch_size=batch_sizes[0])
 
 
 # ---------------------------------------------------------------------------------------------- (b)
 
-def bench_rate(model, tok, pairs, batch_size: int, baseline, fm: FlopModel) -> dict:
+def bench_rate(model, tok, pairs, batch_size: int, baseline, fm: FlopModel, round_size: int) -> dict:
     add_bos = not tok.chat_template
-    rows = {}
-    log(f"(b) engine: curation.rate(expected), batch size {batch_size}, {len(pairs)} pairs")
-    engine = Engine(model, tok, "bench", batch_size, add_special_tokens=add_bos)
-    with Clock() as c:
-        rated = curation.rate(engine, pairs, "expected")
-    rows["engine"] = dict(wall=c.wall, cpu=c.cpu, tokens=engine.stats["prompt_tokens_computed"],
-                          scores=[r["score"] for r in rated])
-    log(f"    {c.wall:.1f}s, {engine.stats['prompt_tokens_computed']} prompt tokens computed")
-
-    if baseline is not None:
-        log("(b) engine at the baseline revision")
-        old = baseline.Engine(model, tok, "bench", batch_size, add_special_tokens=add_bos)
-        with Clock() as c:
-            old_rated = curation.rate(old, pairs, "expected")
-        rows["baseline"] = dict(wall=c.wall, cpu=c.cpu, tokens=old.stats["prompt_tokens_computed"],
-                                scores=[r["score"] for r in old_rated])
-        log(f"    {c.wall:.1f}s")
-
-    log("(b) naive: one forward per full rater prompt")
     head, template = curation.rater_prompt_parts(tok, "expected")  # exactly what rate() builds
     joiner, candidates = curation.digit_candidates(tok)
     head_ids = tok(head, add_special_tokens=add_bos)["input_ids"]
-    lens, scores = [], []
-    with Clock() as c, torch.inference_mode():
-        for p in pairs:
-            suffix = template.format(pair=prompts.rater_pair(p["instruction"], p["response"])) + joiner
-            ids = head_ids + tok(suffix, add_special_tokens=False)["input_ids"]
-            logits = model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float()
-            probs = logits.softmax(-1)[candidates].tolist()
-            lens.append(len(ids))
-            scores.append(sum((i + 1) * q for i, q in enumerate(probs)) / sum(probs))
-    rows["naive"] = dict(wall=c.wall, cpu=c.cpu, tokens=sum(lens), scores=scores)
-    log(f"    {c.wall:.1f}s, {sum(lens)} prompt tokens")
-    P = len(head_ids)
+
+    def engine(module=None):
+        def run(chunk):
+            e = (module.Engine if module else Engine)(model, tok, "bench", batch_size, add_special_tokens=add_bos)
+            rated = curation.rate(e, chunk, "expected")
+            return {"scores": [r["score"] for r in rated], "tokens": e.stats["prompt_tokens_computed"]}
+        return run
+
+    def naive(chunk):
+        lens, scores = [], []
+        with torch.inference_mode():
+            for p in chunk:
+                suffix = template.format(pair=prompts.rater_pair(p["instruction"], p["response"])) + joiner
+                ids = head_ids + tok(suffix, add_special_tokens=False)["input_ids"]
+                probs = model(torch.tensor([ids]), logits_to_keep=1).logits[0, -1].float().softmax(-1)[candidates].tolist()
+                lens.append(len(ids))
+                scores.append(sum((i + 1) * q for i, q in enumerate(probs)) / sum(probs))
+        return {"scores": scores, "tokens": sum(lens), "lens": lens}
+
+    methods = {"naive": naive}
+    if baseline is not None:
+        methods["baseline"] = engine(baseline)
+    methods["engine"] = engine()
+    rows = interleaved(methods, pairs, round_size, "(b)")
+    P, lens = len(head_ids), rows["naive"]["lens"]
     useful = fm.tokens(0, P) + sum(fm.tokens(P, T) + fm.logits(1) for T in lens)
-    naive_flops = sum(fm.tokens(0, T) + fm.logits(1) for T in lens)
     return dict(rows=rows, n=len(pairs), prefix=P, full_tokens=sum(lens), useful_tokens=P + sum(T - P for T in lens),
-                useful_flops=useful, naive_flops=naive_flops, batch_size=batch_size)
+                useful_flops=useful, batch_size=batch_size, rounds=-(-len(pairs) // round_size))
 
 
 # ---------------------------------------------------------------------------------------------- (d)
@@ -294,7 +296,9 @@ def report(args, a, b, omp, peak, load_before, load_after, started, threads) -> 
              f"{torch.__version__} with {threads} threads, OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', 'unset')}. "
              f"Load average (1, 5, 15 min) before: {load_before}; after: {load_after}; 1-min load during the run "
              f"{min(LOADS):.2f}-{max(LOADS):.2f} (this run alone accounts for up to 2, one per thread; more is other work competing for the 2 cores). "
-             f"Model: {args.model} ({args.dtype}), base weights, no adapter.\n")
+             f"Model: {args.model} ({args.dtype}), base weights, no adapter. The methods of (a) and of (b) take "
+             f"turns over the same prompts in rounds of {args.round}, their order rotated each round, so that other "
+             f"work on the machine slows them alike.\n")
     if a:
         r, n = a["rows"], a["n"]
         eng, nv = r["engine"], r["naive"]
@@ -307,8 +311,8 @@ def report(args, a, b, omp, peak, load_before, load_after, started, threads) -> 
         order = [("naive loop (`model.generate` per prompt)", nv)]
         if "baseline" in r:
             order.append((f"engine at {args.baseline_rev} (HF generate, deepcopied prefix cache)", r["baseline"]))
-        order.append((f"engine (this version), batch {a['batch_size']}", eng))
-        order += [(f"engine (this version), batch {row['batch']}", row) for k, row in r.items() if k.startswith("engine-")]
+        order += [(f"engine (this version), batch {row['batch']}" + (" (params.yaml)" if row["batch"] == AugmentParams().batch_size else ""), row)
+                  for k, row in r.items() if k.startswith("engine-")]
         for name, row in order:
             eq = sum(x == y for x, y in zip(row["outs"], nv["outs"]))
             L.append(f"| {name} | {row['wall']:.1f} | {row['cpu']:.1f} | {row['gen']} | {row['gen'] / row['wall']:.1f} | "
@@ -316,8 +320,8 @@ def report(args, a, b, omp, peak, load_before, load_after, started, threads) -> 
         speed = (eng["gen"] / eng["wall"]) / (nv["gen"] / nv["wall"])
         L.append("")
         best_speed = max((row["gen"] / row["wall"]) / (nv["gen"] / nv["wall"])
-                         for k, row in r.items() if k.startswith("engine"))
-        L.append(f"Target >= 10x: {'met' if speed >= 10 else 'not met'} ({speed:.1f}x at the params' batch size, "
+                         for k, row in r.items() if k.startswith("engine-"))
+        L.append(f"Target >= 10x: {'met' if speed >= 10 else 'not met'} ({speed:.1f}x at batch {a['batch_size']}, "
                  f"{best_speed:.1f}x at the best one measured). Greedy outputs of the engine equal to the naive "
                  f"loop's: {same}/{n}.\n")
     if b:
@@ -332,17 +336,19 @@ def report(args, a, b, omp, peak, load_before, load_after, started, threads) -> 
         order = [("naive: one forward per full prompt", nv)]
         if "baseline" in r:
             order.append((f"engine at {args.baseline_rev}", r["baseline"]))
-        order.append((f"engine (this version), shared prefix, batch {b['batch_size']}", eng))
+        order.append((f"engine (this version), shared prefix, batch {b['batch_size']}"
+                      + (" (params.yaml)" if b["batch_size"] == CurationParams().batch_size else ""), eng))
         for name, row in order:
             L.append(f"| {name} | {row['tokens']} | {row['wall']:.1f} | {row['cpu']:.1f} | "
                      f"{nv['tokens'] / row['tokens']:.2f}x | {nv['wall'] / row['wall']:.2f}x |")
         tok_ratio, time_ratio = nv["tokens"] / eng["tokens"], nv["wall"] / eng["wall"]
+        padding = eng["tokens"] - b["useful_tokens"] - (b["rounds"] - 1) * b["prefix"]
         L.append("")
         L.append(f"Targets: >= 3x fewer tokens: {'met' if tok_ratio >= 3 else 'not met'} ({tok_ratio:.2f}x); "
                  f">= 2.5x faster: {'met' if time_ratio >= 2.5 else 'not met'} ({time_ratio:.2f}x). "
                  f"Largest difference of expected score, engine vs naive: {diff:.2g}. Engine tokens include "
-                 f"padding ({eng['tokens'] - b['useful_tokens']} tokens, "
-                 f"{pct((eng['tokens'] - b['useful_tokens']) / eng['tokens'])}).\n")
+                 f"padding ({padding} tokens, {pct(padding / eng['tokens'])}) and the prefix once per round "
+                 f"({b['rounds']} rounds).\n")
     L.append(f"### (c) Compute floor\n")
     L.append(f"fp32 matmul 2048x2048: best {best:.0f} GFLOP/s, median {median:.0f} GFLOP/s (best of the measurements "
              f"before and after the runs). FLOPs: 2 per linear weight per token ({args._linear / 1e6:.0f}M linear "
@@ -355,9 +361,12 @@ def report(args, a, b, omp, peak, load_before, load_after, started, threads) -> 
         if not x:
             continue
         floor = x["useful_flops"] / (best * 1e9)
-        for method in ("naive", "engine"):
-            row = x["rows"][method]
-            L.append(f"| {name} | {method} | {x['useful_flops'] / 1e9:.0f} | {floor:.1f} | {row['wall']:.1f} | "
+        for method, row in x["rows"].items():
+            if method == "engine" and name.startswith("(a)"):
+                continue  # an alias of the params' batch size row
+            label = {"naive": "naive", "baseline": f"engine at {args.baseline_rev}", "engine": "engine"}.get(
+                method, f"engine, batch {row.get('batch')}")
+            L.append(f"| {name} | {label} | {x['useful_flops'] / 1e9:.0f} | {floor:.1f} | {row['wall']:.1f} | "
                      f"{pct(floor / row['wall'])} |")
     L.append("")
     if omp:
@@ -388,12 +397,18 @@ def main():
     records = pipeline_records(args.n)
 
     sizes = [int(x) for x in args.batch_size.split(",")]
-    a = bench_augment(model, tok, records, sizes[0], sizes[1:], baseline, fm) if "a" not in skip else None
+    a = bench_augment(model, tok, records, sizes, baseline, fm, args.round) if "a" not in skip else None
     b = None
     if "b" not in skip:
-        instructions = a["rows"]["engine"]["outs"] if a else [r["instruction"] for r in records]
+        if a:
+            instructions = a["rows"]["engine"]["outs"]
+        else:  # the same instructions (a) would write (greedy), untimed
+            log("(b) writing the instructions to rate (untimed)")
+            instructions = Engine(model, tok, "bench", max(sizes)).generate(
+                prompts.BACKWARD_PREFIX, [prompts.backward_suffix(r["response"], MAX_WORDS) for r in records],
+                Decoding(max_new_tokens=MAX_NEW_TOKENS))
         pairs = [{"id": r["id"], "instruction": ins, "response": r["response"]} for r, ins in zip(records, instructions)]
-        b = bench_rate(model, tok, pairs, args.rate_batch_size, baseline, fm)
+        b = bench_rate(model, tok, pairs, args.rate_batch_size, baseline, fm, args.round)
     omp = bench_omp(args.model) if "d" not in skip else None
     peak1 = matmul_gflops()
     peak = (max(peak0[0], peak1[0]), max(peak0[1], peak1[1]))
