@@ -78,6 +78,13 @@ class ResultCache:
             found.update((k, json.loads(v)) for k, v in rows)
         return found
 
+    @classmethod
+    def default(cls) -> "ResultCache":
+        """The project-wide cache in `$HUMPBACK_CACHE_DIR` (see models.cache_dir), shared by all stages."""
+        from .models import cache_dir
+
+        return cls(f"{cache_dir()}/results.sqlite")
+
     def put_many(self, items: dict[str, object]) -> None:
         with self.db:
             self.db.executemany(
@@ -175,8 +182,9 @@ class Engine:
         self.stats = {"items": 0, "cached": 0, "computed": 0, "prompt_tokens_computed": 0,
                       "prompt_tokens_full": 0, "generated_tokens": 0, "decode_tokens_computed": 0,
                       "seconds": 0.0, "cpu_seconds": 0.0}
-        eos = tokenizer.eos_token_id
-        self.eos_ids = list({eos, *((model.generation_config.eos_token_id or []) if isinstance(model.generation_config.eos_token_id, list) else [model.generation_config.eos_token_id])} - {None})
+        configured = model.generation_config.eos_token_id  # an id, a list of ids, or None
+        configured = configured if isinstance(configured, list) else [configured]
+        self.eos_ids = sorted({tokenizer.eos_token_id, *configured} - {None})
         # Our in-place buffer cache stands in for plain full-attention layers only; any other layer
         # type (sliding window, linear attention) keeps its own Hugging Face cache class.
         try:

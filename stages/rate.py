@@ -13,7 +13,7 @@ def main():
     tok = models.load_tokenizer(c.rater)
     model = models.load_model(c.rater, m.load_in_4bit, m.dtype)
     engine = Engine(model, tok, models.fingerprint(c.rater), c.batch_size,
-                    ResultCache(models.cache_dir() + "/results.sqlite"), add_special_tokens=not tok.chat_template)
+                    ResultCache.default(), add_special_tokens=not tok.chat_template)
     rated = curation.rate(engine, pairs, c.scoring, c.max_new_tokens)
     formats.write_json("data/curated_dataset_all_evaluated.json", rated)
     formats.write_json("metrics/rate.json", curation.rate_metrics(rated))

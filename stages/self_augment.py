@@ -14,7 +14,7 @@ def main():
     tok = models.load_tokenizer("models/backward")
     model = models.load_model(m.base, m.load_in_4bit, m.dtype, adapter="models/backward")
     engine = Engine(model, tok, models.fingerprint(m.base, adapter="models/backward"), p.batch_size,
-                    ResultCache(models.cache_dir() + "/results.sqlite"))
+                    ResultCache.default())
     decoding = Decoding(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
                         temperature=p.temperature, top_p=p.top_p, seed=p.seed)
     max_words = params.inverse_sft.max_response_words  # the backward model was trained on this view
