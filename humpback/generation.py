@@ -92,6 +92,11 @@ class ResultCache:
             )
 
 
+def _length(encoded) -> int:
+    """Tokens in an encoded item: a list of ids, or a (prompt ids, continuation ids) pair."""
+    return len(encoded[0]) + len(encoded[1]) if isinstance(encoded, tuple) else len(encoded)
+
+
 def result_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -222,10 +227,12 @@ class Engine:
         kv.batch_repeat_interleave(batch)
         return kv
 
-    def _prefill(self, prefix_ids, prefix_kv, suffix_ids: list[list[int]], extra_capacity: int):
+    def _prefill(self, prefix_ids, prefix_kv, suffix_ids: list[list[int]], extra_capacity: int,
+                 hidden: bool = False):
         """Run `prefix | pad | suffix` for a batch, the prefix coming from its shared cache.
 
         Returns the logits after each prompt, the cache, the attention mask and each row's last position.
+        With `hidden`, the first item is (logits, last-layer hidden state) after each prompt.
         """
         width = max(len(s) for s in suffix_ids)
         pad = self.tok.pad_token_id
@@ -242,14 +249,18 @@ class Engine:
         step, start = max(1, self.prefill_tokens // len(rows)), len(prefix_ids)
         for i in range(0, width, step):
             j = min(width, i + step)
-            logits = self.model(
+            out = self.model(
                 input_ids=input_ids[:, i:j], attention_mask=attention_mask[:, : start + j],
                 position_ids=position_ids[:, i:j], past_key_values=cache, use_cache=True, logits_to_keep=1,
-            ).logits[:, -1]
+                output_hidden_states=hidden and j == width,
+            )
+            logits = out.logits[:, -1]
+        if hidden:
+            logits = (logits, out.hidden_states[-1][:, -1])
         return logits, cache, attention_mask, position_ids[:, -1]
 
     def _run(self, kind: str, params: dict, prefix: str, suffixes: list[str], compute, desc: str,
-             rate_stat: str) -> list:
+             rate_stat: str, encode=None) -> list:
         """Shared driver: look up the cache, compute what is missing batch by batch, store as we go."""
         keys = [result_key(kind, self.fingerprint, params, prefix + s) for s in suffixes]
         done = self.cache.get_many(list(set(keys))) if self.cache else {}
@@ -261,8 +272,9 @@ class Engine:
             rate0 = self.stats[rate_stat]
             with torch.inference_mode():
                 prefix_ids, prefix_kv = self._encode_prefix(prefix)
-                encoded = [(k, self.tok(s, add_special_tokens=False)["input_ids"]) for k, s in todo.items()]
-                encoded.sort(key=lambda kv: -len(kv[1]))  # similar lengths share a batch: less padding
+                encode = encode or (lambda s: self.tok(s, add_special_tokens=False)["input_ids"])
+                encoded = [(k, encode(s)) for k, s in todo.items()]
+                encoded.sort(key=lambda kv: -_length(kv[1]))  # similar lengths share a batch: less padding
                 unit = "tok/s" if rate_stat == "generated_tokens" else "prompt tok/s"
                 with tqdm(total=len(encoded), desc=desc, unit="ex", dynamic_ncols=True) as bar:
                     for i in range(0, len(encoded), self.batch_size):
@@ -359,3 +371,64 @@ class Engine:
 
         return self._run("next_token_probs", {"candidates": candidates}, prefix, suffixes, compute, desc,
                          "prompt_tokens_computed")
+
+    def next_token_features(self, prefix: str, suffixes: list[str], candidates: list[int],
+                            desc: str = "score") -> list[dict]:
+        """For each `prefix + suffix`: log-probabilities of the candidate tokens next (`logprobs`) and the
+        model's last-layer hidden state there (`hidden`), from one forward pass."""
+
+        def compute(prefix_ids, prefix_kv, batch):
+            (logits, state), _, _, _ = self._prefill(prefix_ids, prefix_kv, [ids for _, ids in batch], 0, hidden=True)
+            logprobs = torch.log_softmax(logits.float(), dim=-1)[:, candidates]
+            return [{"logprobs": lp, "hidden": h} for lp, h in zip(logprobs.tolist(), state.float().tolist())]
+
+        return self._run("next_token_features", {"candidates": candidates}, prefix, suffixes, compute, desc,
+                         "prompt_tokens_computed")
+
+    def continuation_logprobs(self, prefix: str, prompts: list[str], continuations: list[str],
+                              desc: str = "likelihood") -> list[dict]:
+        """Summed log-probability (`logprob`) and token count (`tokens`) of each continuation after
+        `prefix + prompt`. Only the continuation's positions go through the output layer."""
+        sep = "\x00"  # one string per item for the cache key; split again when encoding
+
+        def encode(item):
+            prompt, cont = item.split(sep, 1)
+            return (self.tok(prompt, add_special_tokens=False)["input_ids"],
+                    self.tok(cont, add_special_tokens=False)["input_ids"])
+
+        def compute(prefix_ids, prefix_kv, batch):
+            return self._score_continuations(prefix_ids, prefix_kv, [pc for _, pc in batch])
+
+        items = [p + sep + c for p, c in zip(prompts, continuations)]
+        return self._run("continuation_logprobs", {}, prefix, items, compute, desc, "prompt_tokens_computed",
+                         encode=encode)
+
+    def _score_continuations(self, prefix_ids, prefix_kv, rows: list[tuple[list[int], list[int]]]) -> list[dict]:
+        """Right-padded batch of `prompt + continuation` after the shared prefix; log p of the continuation."""
+        seqs = [p + c for p, c in rows]
+        width = max(len(s) for s in seqs)
+        pad = self.tok.pad_token_id
+        input_ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
+        mask = torch.tensor([[1] * len(prefix_ids) + [1] * len(s) + [0] * (width - len(s)) for s in seqs],
+                            device=self.device)
+        position_ids = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix_ids):]
+        cache = self._new_cache(prefix_kv, len(seqs), len(prefix_ids) + width) if prefix_kv is not None else None
+        self.stats["prompt_tokens_computed"] += len(seqs) * width
+        self.stats["prompt_tokens_full"] += sum(len(prefix_ids) + len(s) for s in seqs)
+        hidden = self.model.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
+                                  past_key_values=cache, use_cache=cache is not None).last_hidden_state
+        head = self.model.get_output_embeddings()
+        out = []
+        for r, (p, c) in enumerate(rows):
+            if not c:
+                out.append({"logprob": 0.0, "tokens": 0})
+                continue
+            # position t predicts token t+1; the first continuation token is predicted at len(p) - 1
+            # (with no prompt tokens, at the prefix's last position, which this batch does not hold)
+            start = len(p) - 1
+            if start < 0:
+                raise ValueError("continuation_logprobs needs a non-empty prompt after the prefix")
+            logits = head(hidden[r, start : start + len(c)]).float()
+            lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=self.device)[:, None])
+            out.append({"logprob": float(lp.sum()), "tokens": len(c)})
+        return out

@@ -16,20 +16,23 @@ FORWARD_PREFIX = "Below is an instruction from a user. Write a response that com
 FORWARD_SUFFIX = "{instruction}\n\n### Response:\n"
 
 
-def truncate_words(text: str, max_words: int | None) -> str:
-    """Keep the first `max_words` words (whitespace kept), so the backward model sees a bounded response."""
-    if not max_words:
+def truncate_tokens(text: str, tokenizer, max_tokens: int | None) -> str:
+    """Keep the first `max_tokens` tokens of `text`, so the backward model sees a bounded response.
+
+    Cut by tokens, not words: a prompt's length is counted in tokens, and code or numbers take many
+    tokens per word."""
+    if not max_tokens:
         return text
-    words = re.findall(r"\S+\s*", text)
-    return text if len(words) <= max_words else "".join(words[:max_words]).rstrip() + " ..."
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    return text if len(ids) <= max_tokens else tokenizer.decode(ids[:max_tokens]).rstrip() + " ..."
 
 
-def backward_suffix(response: str, max_words: int | None = None) -> str:
-    return BACKWARD_SUFFIX.format(response=truncate_words(response, max_words))
+def backward_suffix(response: str, tokenizer=None, max_tokens: int | None = None) -> str:
+    return BACKWARD_SUFFIX.format(response=truncate_tokens(response, tokenizer, max_tokens))
 
 
-def backward_prompt(response: str, max_words: int | None = None) -> str:
-    return BACKWARD_PREFIX + backward_suffix(response, max_words)
+def backward_prompt(response: str, tokenizer=None, max_tokens: int | None = None) -> str:
+    return BACKWARD_PREFIX + backward_suffix(response, tokenizer, max_tokens)
 
 
 def forward_prompt(instruction: str) -> str:
@@ -114,9 +117,9 @@ def parse_score(text: str) -> tuple[int | None, str]:
     return int(last.group(1)), reasoning
 
 
-def backward_example(pair: dict, max_words: int | None = None) -> dict:
+def backward_example(pair: dict, tokenizer=None, max_tokens: int | None = None) -> dict:
     """Inverse SFT example: predict the instruction from the (possibly truncated) response."""
-    return {"prompt": backward_prompt(pair["response"], max_words), "completion": pair["instruction"]}
+    return {"prompt": backward_prompt(pair["response"], tokenizer, max_tokens), "completion": pair["instruction"]}
 
 
 def forward_example(pair: dict) -> dict:

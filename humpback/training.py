@@ -90,7 +90,35 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
+    name_base_by_reference(tmp, model.base)
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(tmp, output_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
     return metrics
+
+
+def name_base_by_reference(adapter_dir: str, ref: str) -> None:
+    """peft records the base model as the local directory it was loaded from (a path in the model
+    cache). Name it by its params.yaml reference instead, so the adapter's hash is the same on any
+    machine and for any HUMPBACK_CACHE_DIR."""
+    import json
+
+    from .models import resolve
+
+    local = resolve(ref)
+    if local == ref:
+        return
+    for name in os.listdir(adapter_dir):
+        path = os.path.join(adapter_dir, name)
+        if name == "adapter_config.json":
+            with open(path, encoding="utf-8") as f:
+                config = json.load(f)
+            config["base_model_name_or_path"] = ref
+            with open(path, "w", encoding="utf-8") as f:
+                json.dump(config, f, indent=2, sort_keys=True)
+                f.write("\n")
+        elif name.endswith(".md"):  # peft's model card names the base model too
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text.replace(local, ref))

@@ -6,10 +6,10 @@ from humpback.stage import run
 
 
 def main():
-    threshold = load_params().curation.threshold
+    c = load_params().curation
     rated = formats.load_json("data/curated_dataset_all_evaluated.json")
-    formats.write_json("data/curated_dataset.json", curation.curate(rated, threshold))
-    formats.write_json("metrics/curate.json", curation.curate_metrics(rated, threshold))
+    formats.write_json("data/curated_dataset.json", curation.curate(rated, c.threshold, c.selection, c.seed))
+    formats.write_json("metrics/curate.json", curation.curate_metrics(rated, c.threshold, c.selection, c.seed))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """inverse_sft: train the backward model, which writes the instruction for a given response."""
 
-from humpback import formats, prompts
+from humpback import HumpbackError, formats, models, prompts
 from humpback.config import load_params
 from humpback.stage import run
 from humpback.training import train_lora
@@ -9,7 +9,13 @@ from humpback.training import train_lora
 def main():
     params = load_params()
     p = params.inverse_sft
-    examples = [prompts.backward_example(x, p.max_response_words) for x in formats.load_json("data/guanaco_inverse.json")]
+    tok = models.load_tokenizer(params.model.base)
+    scaffold = len(tok(prompts.backward_prompt(""))["input_ids"])
+    if p.max_response_tokens and scaffold + p.max_response_tokens >= p.max_length:
+        raise HumpbackError(f"params.yaml: inverse_sft.max_response_tokens={p.max_response_tokens} plus the "
+                            f"{scaffold}-token prompt leaves no room for the instruction in max_length={p.max_length}")
+    examples = [prompts.backward_example(x, tok, p.max_response_tokens)
+                for x in formats.load_json("data/guanaco_inverse.json")]
     train, eval = examples[p.eval_size :], examples[: p.eval_size]
     metrics = train_lora(params.model, p, train, eval, "models/backward", "dvclive/inverse_sft", "inverse_sft")
     formats.write_json("metrics/inverse_sft.json", metrics)

@@ -10,11 +10,12 @@ def main():
     params = load_params()
     c, m = params.curation, params.model
     pairs = formats.load_json("data/self_augmented.json")
+    rater = curation.Rater.load("models/rater")  # as fit and measured by rater_check
     tok = models.load_tokenizer(c.rater)
     model = models.load_model(c.rater, m.load_in_4bit, m.dtype)
     engine = Engine(model, tok, models.fingerprint(c.rater), c.batch_size,
                     ResultCache.default(), add_special_tokens=not tok.chat_template)
-    rated = curation.rate(engine, pairs, c.scoring, c.max_new_tokens)
+    rated = rater.rate(engine, pairs)
     formats.write_json("data/curated_dataset_all_evaluated.json", rated)
     formats.write_json("metrics/rate.json", curation.rate_metrics(rated))
     formats.write_json("plots/score_histogram.json", curation.score_histogram(rated))

@@ -17,8 +17,8 @@ def main():
                     ResultCache.default())
     decoding = Decoding(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
                         temperature=p.temperature, top_p=p.top_p, seed=p.seed)
-    max_words = params.inverse_sft.max_response_words  # the backward model was trained on this view
-    suffixes = [prompts.backward_suffix(r["response"], max_words) for r in records]
+    max_tokens = params.inverse_sft.max_response_tokens  # the backward model was trained on this view
+    suffixes = [prompts.backward_suffix(r["response"], tok, max_tokens) for r in records]
     instructions = engine.generate(prompts.BACKWARD_PREFIX, suffixes, decoding, desc="self_augment")
     augmented = [
         {"id": r["id"], "instruction": ins, "response": r["response"], "source": r["source"],

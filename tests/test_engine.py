@@ -115,10 +115,28 @@ def test_rating_in_batches_equals_rating_one_by_one(model, tiny_tokenizer):
 
     pairs = [{"id": str(i), "instruction": f"Question {i}?", "response": r} for i, r in enumerate(RESPONSES)]
     add_bos = not tiny_tokenizer.chat_template
-    one = curation.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs, "generate", 10)
-    four = curation.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs, "generate", 10)
+    rater = curation.Rater("generate", max_new_tokens=10)
+    one = rater.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs)
+    four = rater.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs)
     assert [r["rater_output"] for r in four] == [r["rater_output"] for r in one]
     assert any(r["rater_output"] for r in four)
-    one = curation.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs, "expected")
-    four = curation.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs, "expected")
-    assert [r["score"] for r in four] == pytest.approx([r["score"] for r in one], abs=1e-3)
+    rater = curation.Rater("expected")
+    one = rater.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs)
+    four = rater.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs)
+    assert [r["score_expected"] for r in four] == pytest.approx([r["score_expected"] for r in one], abs=0.011)
+
+
+def test_continuation_logprobs_equal_a_plain_forward_pass(model, tiny_tokenizer):
+    import torch
+
+    prompts_ = [f"Question {i}?" for i in range(len(RESPONSES))]
+    engine = Engine(model, tiny_tokenizer, "tiny", 2)
+    got = engine.continuation_logprobs("Shared prefix. ", prompts_, RESPONSES)
+    for p, r, g in zip(prompts_, RESPONSES, got):
+        ctx = tiny_tokenizer("Shared prefix. ", add_special_tokens=False)["input_ids"] + \
+            tiny_tokenizer(p, add_special_tokens=False)["input_ids"]
+        cont = tiny_tokenizer(r, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = model(torch.tensor([ctx + cont])).logits[0].float().log_softmax(-1)
+        want = sum(logp[len(ctx) - 1 + i, t].item() for i, t in enumerate(cont))
+        assert g["tokens"] == len(cont) and g["logprob"] == pytest.approx(want, abs=1e-3)

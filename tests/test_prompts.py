@@ -30,12 +30,13 @@ def test_rater_prefix_has_rubric_and_worked_examples():
     assert prefix.endswith("Now rate this pair.\n")
 
 
-def test_backward_prompt_truncates_long_responses_only():
+def test_backward_prompt_truncates_long_responses_by_tokens(tiny_tokenizer):
     long = " ".join(f"w{i}" for i in range(300))
-    assert prompts.truncate_words("a short reply", 5) == "a short reply"
-    cut = prompts.truncate_words(long, 10)
-    assert cut.split()[:10] == long.split()[:10] and cut.endswith(" ...")
-    ex = prompts.backward_example({"instruction": "Ask", "response": long}, 10)
+    assert prompts.truncate_tokens("a short reply", tiny_tokenizer, 50) == "a short reply"
+    cut = prompts.truncate_tokens(long, tiny_tokenizer, 10)
+    assert cut.endswith(" ...") and long.startswith(cut[: -len(" ...")])
+    assert len(tiny_tokenizer(cut[: -len(" ...")], add_special_tokens=False)["input_ids"]) <= 10
+    ex = prompts.backward_example({"instruction": "Ask", "response": long}, tiny_tokenizer, 10)
     assert ex["completion"] == "Ask" and ex["prompt"].startswith(prompts.BACKWARD_PREFIX)
     assert ex["prompt"].endswith("### Instruction:\n")
 
@@ -56,6 +57,18 @@ def test_digit_candidates_are_single_tokens(tiny_tokenizer):
     for d, i in zip("12345", ids):
         text = tiny_tokenizer.decode([i])
         assert text.strip() == d
+
+
+def test_random_selection_keeps_as_many_as_the_threshold():
+    rated = [{"id": str(i), "score": s} for i, s in enumerate([1, 2, 3, 4, 4, 5, None, 2, 5, 3])]
+    by_score = curation.curate(rated, 4)
+    assert [r["score"] for r in by_score] == [4, 4, 5, 5]
+    picks = [curation.curate(rated, 4, "random", seed) for seed in range(5)]
+    assert all(len(p) == 4 and all(r["score"] is not None for r in p) for p in picks)
+    assert picks[0] == curation.curate(rated, 4, "random", 0)  # seeded
+    assert len({tuple(r["id"] for r in p) for p in picks}) > 1  # and not always the same subset
+    m = curation.curate_metrics(rated, 5, "random", 1)
+    assert m["kept"] == 2 and m["selection"] == "random" and m["kept_at"] == {"3": 6, "4": 4, "5": 2}
 
 
 def test_curate_threshold_and_metrics_add_up():

@@ -66,7 +66,7 @@ def build_model(out_dir: str, repo: str, seed: int = 0, hidden: int = 32, layers
 
 TINY_PARAMS = {
     "data": {"heldout_size": 8},
-    "inverse_sft": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "max_response_words": 20,
+    "inverse_sft": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "max_response_tokens": 32,
                     "eval_size": 4, "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
     "augment": {"num_samples": 12, "batch_size": 4, "max_new_tokens": 8},
     "curation": {"batch_size": 4, "threshold": 1, "max_new_tokens": 8},

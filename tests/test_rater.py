@@ -1,0 +1,109 @@
+"""Scoring modes on a tiny random model, and the rater-check metrics, on the shipped labelled set."""
+
+import json
+import os
+
+import pytest
+import torch
+
+from humpback import HumpbackError, curation
+from humpback.generation import Engine
+
+PAIRS = "data/rater_check/pairs.jsonl"
+
+
+@pytest.fixture(scope="module")
+def check_pairs(repo_root):
+    return curation.load_rater_check(os.path.join(repo_root, PAIRS))
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_model, tiny_tokenizer):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    return Engine(model, tiny_tokenizer, "tiny", 8, add_special_tokens=not tiny_tokenizer.chat_template)
+
+
+def small(pairs, per_part=4):
+    """The first `per_part` instructions of each part, all their levels."""
+    keep = set()
+    for part in ("dev", "test"):
+        ids = sorted({p["instruction_id"] for p in pairs if p["split"] == part})[:per_part]
+        keep |= set(ids)
+    return [p for p in pairs if p["instruction_id"] in keep]
+
+
+def test_the_shipped_set_is_balanced_and_split_by_instruction(check_pairs):
+    assert len(check_pairs) >= 150
+    by_instruction = {}
+    for p in check_pairs:
+        by_instruction.setdefault(p["instruction_id"], []).append(p)
+    assert len(by_instruction) >= 30
+    for group in by_instruction.values():
+        assert sorted(p["level"] for p in group) == [1, 2, 3, 4, 5]
+        assert len({p["split"] for p in group}) == 1  # an instruction never straddles dev and test
+    words = {lv: [len(p["response"].split()) for p in check_pairs if p["level"] == lv] for lv in range(1, 6)}
+    means = [sum(w) / len(w) for w in words.values()]
+    assert max(means) / min(means) < 1.15  # length does not give the level away
+
+
+@pytest.mark.parametrize("scoring", curation.SCORINGS)
+def test_every_scoring_gives_a_rubric_rating(engine, check_pairs, scoring, tmp_path):
+    pairs = small(check_pairs)
+    rater = curation.fit_rater(engine, pairs, scoring, max_new_tokens=6, relevance_tokens=16, l2=1.0)
+    rater.save(str(tmp_path / "rater"))
+    loaded = curation.Rater.load(str(tmp_path / "rater"))
+    items = curation.rater_check_items(pairs, "test")
+    rated = loaded.rate(engine, items)
+    assert len(rated) == len(items) == 4 * 5 + 4
+    for r in rated:
+        if scoring == "generate":
+            assert r["score"] is None or r["score"] in (1, 2, 3, 4, 5)
+            continue
+        assert r["score"] in (1, 2, 3, 4, 5) and isinstance(r["score"], int)
+        assert 1 <= r["score_expected"] <= 5
+        assert len(r["probabilities"]) == 5 and sum(r["probabilities"]) == pytest.approx(1, abs=0.01)
+        assert r["probabilities"][r["score"] - 1] == max(r["probabilities"])  # the most likely level
+    if scoring == "probe":
+        assert all("relevance" in r for r in rated)
+        assert {"mean", "std", "weight", "bias", "gate_scale", "gate_bias"} <= set(loaded.tensors)
+        # what was saved rates exactly as what was fit (rounded weights: to 0.01)
+        direct = rater.rate(engine, items)
+        assert [r["score_expected"] for r in direct] == pytest.approx([r["score_expected"] for r in rated], abs=0.02)
+    metrics = curation.rater_check_metrics(items, [r["score_expected"] for r in rated])
+    assert {"spearman", "auc_high_vs_low", "auc_offtopic", "mean_by_level"} <= set(metrics)
+    assert set(metrics["mean_by_level"]) == {"1", "2", "3", "4", "5"}
+
+
+def test_the_probe_learns_levels_it_is_shown(engine, check_pairs):
+    """On its own training pairs, a linear head on the rater's state must rank levels: a head that
+    ignores its input would not (this fails if features and labels are misaligned)."""
+    pairs = small(check_pairs, per_part=6)
+    items = curation.rater_check_items(pairs, "dev")
+    feats = curation.rater_features(engine, items, 16)
+    head = curation.fit_head(items, feats, l2=0.01)
+    fitted = curation.rater_check_metrics(items, curation.expected(curation.head_probs(head, feats)).tolist())
+    assert fitted["spearman"] > 0.8
+    shuffled = curation.fit_head(items, feats[1:] + feats[:1], l2=0.01)  # labels no longer match
+    assert curation.head_probs(shuffled, feats).argmax(-1).tolist() != curation.head_probs(head, feats).argmax(-1).tolist()
+
+
+def test_metrics_on_known_scores():
+    items = [{"level": lv, "offtopic": False} for lv in (1, 2, 3, 4, 5)] + [{"level": 5, "offtopic": True}]
+    perfect = curation.rater_check_metrics(items, [1, 2, 3, 4, 5, 1])
+    assert perfect["spearman"] == 1.0 and perfect["auc_high_vs_low"] == 1.0 and perfect["auc_offtopic"] == 1.0
+    inverted = curation.rater_check_metrics(items, [5, 4, 3, 2, 1, 5])
+    assert inverted["spearman"] == -1.0 and inverted["auc_high_vs_low"] == 0.0 and inverted["auc_offtopic"] == 0.0
+    flat = curation.rater_check_metrics(items, [3] * 6)
+    assert flat["auc_high_vs_low"] == 0.5 and flat["mean_by_level"]["1"] == 3
+    rm = curation.rating_metrics(items, [{"score": s} for s in (1, 2, 4, 4, 5, 5)])
+    assert rm["precision_at_4"] == pytest.approx(2 / 4, abs=1e-3) and rm["recall_at_4"] == 1.0
+
+
+def test_a_bad_labelled_record_is_one_clear_error(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    good = {"id": "x-1", "instruction_id": "x", "instruction": "Q?", "response": "A.", "level": 1, "split": "dev"}
+    path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "level": 7}) + "\n")
+    with pytest.raises(HumpbackError, match=r"pairs.jsonl:2: level must be 1-5"):
+        curation.load_rater_check(str(path))
