@@ -45,14 +45,14 @@ def dump_dom(url: str, budget_ms: int = 5000) -> str:
     return proc.stdout
 
 
-def screenshot(path: str, out: str, width: int = 1280, height: int = 1600) -> str:
-    """A PNG of the page at `path` (a local HTML file), written to `out`."""
+def screenshot(path: str, out: str, width: int = 1280, height: int = 1600, fragment: str = "") -> str:
+    """A PNG of the page at `path` (a local HTML file; `fragment`: its URL's part after `#`), written to `out`."""
     if not os.path.exists(path):
         raise HumpbackError(f"{path} not found")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     if os.path.exists(out):
         os.remove(out)  # so that a stale file cannot pass for a new screenshot
-    proc = run(file_url(path), f"--window-size={width},{height}", f"--screenshot={os.path.abspath(out)}")
+    proc = run(file_url(path, fragment), f"--window-size={width},{height}", f"--screenshot={os.path.abspath(out)}")
     if not os.path.exists(out):
         raise HumpbackError(f"chromium wrote no screenshot of {path}: {proc.stderr.strip().splitlines()[-1:]}")
     return out

@@ -15,8 +15,8 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate"]
-AFTER_RATE = ["curate", "finetune", "evaluate"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
+AFTER_RATE = ["curate", "finetune", "evaluate", "report"]
 
 
 def load(ws, rel):

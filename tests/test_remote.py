@@ -19,11 +19,11 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
 BUCKET = "humpback-dvc"
 PREFIX = "cache/"  # s3://humpback-dvc/cache in .dvc/config
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Every DVC-cached out of the pipeline: the five JSON datasets, the held-out split and both adapters.
+# Every DVC-cached out of the pipeline: the five JSON datasets, the held-out split, both adapters, the report.
 OUTS = [
     "data/guanaco_inverse.json",
     "data/lima_single_turn.json",
@@ -33,6 +33,7 @@ OUTS = [
     "data/lima_heldout.json",
     "models/backward",
     "models/final",
+    "reports/curation.html",
 ]
 
 
