@@ -226,11 +226,14 @@ def card(project: str, artifact: Artifact, repos: dict[str, str], base_model: st
         title, cls = f"humpback {artifact.key} model", (ModelCard, data)
     else:
         role = ("the **self-curated instruction data** of instruction backtranslation: responses from an unlabelled "
-                "corpus, an instruction for each written by the backward model, and the rater's 1-5 score. "
+                "corpus, an instruction for each written by the backward model, and the rater's score from 1 to 5. "
                 "`curated_dataset.json` holds the pairs kept at `curation.threshold`; "
                 "`curated_dataset_all_evaluated.json` every rated pair with its score and the rater's output.")
         n = len(_records(project, "data/curated_dataset_all_evaluated.json"))
-        data = DatasetCardData(license="apache-2.0" if params.data.source == "bundled" else "other",
+        # Hub data (LIMA) comes with its own terms: no blanket apache-2.0 then.
+        license = {"license": "apache-2.0"} if params.data.source == "bundled" else {
+            "license": "other", "license_name": "see-source-datasets"}
+        data = DatasetCardData(**license,
                                language=["en"], task_categories=["text-generation"], tags=TAGS + ["synthetic"],
                                size_categories=["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
                                configs=[{"config_name": "curated", "data_files": "curated_dataset.json", "default": True},
@@ -238,6 +241,8 @@ def card(project: str, artifact: Artifact, repos: dict[str, str], base_model: st
         usage = (f"```python\nfrom datasets import load_dataset\n\nkept = load_dataset(\"{repo}\", \"curated\", split=\"train\")\n"
                  f"rated = load_dataset(\"{repo}\", \"all_evaluated\", split=\"train\")\n```\n")
         title, cls = "humpback self-curated data", (DatasetCard, data)
+        base_line = (f"Instructions written by the backward model (LoRA on `{params.model.base}`); scores by "
+                     f"`{params.curation.rater}` (`{params.curation.scoring}` scoring).")
 
     body = f"""# {title}
 
