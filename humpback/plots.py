@@ -10,6 +10,7 @@ The template is generated at run time into the cache directory (nearly 1 MB of J
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import subprocess
@@ -85,14 +86,16 @@ def template_html() -> str:
 
 
 def template_path() -> str:
-    """Path of the offline template, written on first use (per vl-convert version)."""
+    """Path of the offline template, written on first use."""
     import importlib.metadata
 
     try:
         version = importlib.metadata.version("vl-convert-python")
     except importlib.metadata.PackageNotFoundError:
         raise HumpbackError("vl-convert-python is not installed: pip install vl-convert-python") from None
-    path = os.path.join(_cache_root(), "plots", f"dvc-plots-offline-vl-convert-{version}.html")
+    # Keyed by what the file is made of, so that a new vl-convert or a change here makes a new one.
+    key = hashlib.sha256(f"{version}|{vegalite_version()}|{PAGE}|{WRAPPER}".encode()).hexdigest()[:12]
+    path = os.path.join(_cache_root(), "plots", f"dvc-plots-offline-{key}.html")
     if not os.path.exists(path):
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
