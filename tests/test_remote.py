@@ -53,9 +53,12 @@ def md5s(ws: str) -> dict[str, str]:
 
 
 def cache_objects(ws: str) -> set[str]:
-    """Relative paths of the objects in the local DVC cache (files/md5/xx/yyyy...)."""
+    """Relative paths of the data objects in the local DVC cache (files/md5/xx/yyyy...). Not the run cache
+    (`runs/`, kept for stages whose outs are all cached, like `report`): `dvc push` sends it only with
+    --run-cache."""
     root = os.path.join(ws, ".dvc", "cache")
-    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(os.path.join(root, "files"))
+            for f in files}
 
 
 def bucket_objects(endpoint: str) -> set[str]:
