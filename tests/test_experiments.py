@@ -15,8 +15,8 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate"]
-AFTER_RATE = ["curate", "finetune", "evaluate"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
+AFTER_RATE = ["curate", "finetune", "evaluate", "report"]
 
 
 def load(ws, rel):
@@ -226,80 +226,3 @@ def test_plots_show_and_diff_render_histogram_and_loss_curves(ws, tmp_path):
     counts = {rev: [(r["score"], r["count"]) for r in values if r["rev"] == rev] for rev in ["HEAD", *exps[:2]]}
     assert counts[exps[0]] == counts["HEAD"]
 
-
-CHROMIUM = "/usr/bin/chromium"
-# DVC's HTML loads Vega from a CDN, unreachable offline: the test serves these copies instead, from
-# $VEGA_JS_DIR (default ~/.cache/vega-js). To get them:
-#   npm pack vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2, then copy build/vega.min.js,
-#   build/vega-lite.min.js and build/vega-embed.min.js out of the three tarballs into that directory.
-VEGA_FILES = {"vega": "vega.min.js", "vega-lite": "vega-lite.min.js", "vega-embed": "vega-embed.min.js"}
-
-# Appended to the page: once Vega has drawn, write for each plot div whether it has a canvas and how many
-# of its pixels are not blank (neither transparent nor white) into <pre id="probe">, for --dump-dom.
-PROBE = """<script>
-window.addEventListener('load', () => setTimeout(() => {
-  const out = {};
-  document.querySelectorAll('body > div[id]').forEach(div => {
-    const c = div.querySelector('canvas');
-    let ink = 0;
-    if (c) {
-      const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
-      for (let i = 0; i < d.length; i += 4)
-        if (d[i + 3] > 0 && (d[i] < 250 || d[i + 1] < 250 || d[i + 2] < 250)) ink++;
-    }
-    out[div.id] = {canvas: !!c, ink: ink, pixels: c ? c.width * c.height : 0};
-  });
-  const pre = document.createElement('pre');
-  pre.id = 'probe';
-  pre.textContent = JSON.stringify(out);
-  document.body.appendChild(pre);
-}, 1000));
-</script>
-"""
-
-
-def chromium(*args):
-    import subprocess
-
-    return subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
-                           "--virtual-time-budget=10000", *args], capture_output=True, text=True, timeout=120)
-
-
-def test_plots_render_in_headless_chromium(ws, tmp_path):
-    if not os.path.exists(CHROMIUM):
-        pytest.skip(f"{CHROMIUM} is absent (apt-get install chromium)")
-    vega_dir = os.environ.get("VEGA_JS_DIR") or os.path.expanduser("~/.cache/vega-js")
-    if not all(os.path.exists(os.path.join(vega_dir, f)) for f in VEGA_FILES.values()):
-        pytest.skip(f"no offline copy of Vega in {vega_dir} (see VEGA_FILES in {__name__})")
-
-    exps = sorted(exp_names(ws))
-    assert exps, "no experiment to compare: the experiment tests above must run first"
-    tiny.run(["dvc", "plots", "diff", "HEAD", exps[0], "-o", str(tmp_path / "plots")], ws)
-    with open(tmp_path / "plots" / "index.html", encoding="utf-8") as f:
-        html = f.read()
-
-    def local(m):
-        return f'<script src="file://{os.path.join(vega_dir, VEGA_FILES[m.group(1)])}"></script>'
-
-    html, n = re.subn(r'<script src="https://cdn\.jsdelivr\.net/npm/([\w-]+)@[\d.]+"></script>', local, html)
-    assert n == 3, "DVC's plots HTML no longer loads vega, vega-lite and vega-embed from the CDN"
-    page, blank = tmp_path / "offline.html", tmp_path / "blank.html"
-    page.write_text(html.replace("</body>", PROBE + "</body>"), encoding="utf-8")
-    blank.write_text("<!DOCTYPE html><html><body></body></html>", encoding="utf-8")
-
-    dom = chromium("--dump-dom", f"file://{page}")
-    probe = re.search(r'<pre id="probe">(.*?)</pre>', dom.stdout)
-    assert probe, f"the page did not finish rendering:\n{dom.stdout[-2000:]}\n{dom.stderr[-2000:]}"
-    plots = json.loads(probe.group(1))
-    assert {"plots_score_histogram_json", "Loss_curves"} <= set(plots), plots
-    for plot_id, drawn in plots.items():
-        assert drawn["canvas"], f"{plot_id}: Vega drew nothing"
-        assert drawn["ink"] > 0.01 * drawn["pixels"], f"{plot_id}: blank canvas {drawn}"
-
-    sizes = {}
-    for name, path in (("plots", page), ("blank", blank)):
-        shot = tmp_path / f"{name}.png"
-        proc = chromium("--window-size=1000,1400", f"--screenshot={shot}", f"file://{path}")
-        assert shot.exists(), proc.stderr[-2000:]
-        sizes[name] = shot.stat().st_size
-    assert sizes["plots"] > 4 * sizes["blank"], sizes  # three charts compress far worse than a white page

@@ -8,7 +8,7 @@ import yaml
 
 import tiny
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
 
 
 def load(ws, rel):
@@ -82,7 +82,7 @@ def test_threshold_change_reruns_only_curation_and_after(workspace):
     threshold = scores[len(scores) // 2]  # the median: keeps about half, a different set than before
     set_param(ws, "curation.threshold", threshold)
     proc = tiny.run(["dvc", "repro"], ws)
-    assert tiny.ran_stages(proc.stdout) == ["curate", "finetune", "evaluate"]
+    assert tiny.ran_stages(proc.stdout) == ["curate", "finetune", "evaluate", "report"]
     assert load(ws, "metrics/curate.json")["kept"] == sum(s >= threshold for s in scores) < len(scores)
     assert tiny.run(["dvc", "status"], ws).stdout.strip() == "Data and pipelines are up to date."
 

@@ -19,11 +19,11 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
 BUCKET = "humpback-dvc"
 PREFIX = "cache/"  # s3://humpback-dvc/cache in .dvc/config
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Every DVC-cached out of the pipeline: the five JSON datasets, the held-out split and both adapters.
+# Every DVC-cached out of the pipeline: the five JSON datasets, the held-out split, both adapters, the report.
 OUTS = [
     "data/guanaco_inverse.json",
     "data/lima_single_turn.json",
@@ -33,6 +33,7 @@ OUTS = [
     "data/lima_heldout.json",
     "models/backward",
     "models/final",
+    "reports/curation.html",
 ]
 
 
@@ -52,9 +53,12 @@ def md5s(ws: str) -> dict[str, str]:
 
 
 def cache_objects(ws: str) -> set[str]:
-    """Relative paths of the objects in the local DVC cache (files/md5/xx/yyyy...)."""
+    """Relative paths of the data objects in the local DVC cache (files/md5/xx/yyyy...). Not the run cache
+    (`runs/`, kept for stages whose outs are all cached, like `report`): `dvc push` sends it only with
+    --run-cache."""
     root = os.path.join(ws, ".dvc", "cache")
-    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(root) for f in files}
+    return {os.path.relpath(os.path.join(d, f), root) for d, _, files in os.walk(os.path.join(root, "files"))
+            for f in files}
 
 
 def bucket_objects(endpoint: str) -> set[str]:
