@@ -33,9 +33,9 @@ def scores(name, feats, calib, head, gate):
     if name == "head_argmax":
         return (curation.head_probs(head, feats).argmax(-1) + 1).tolist()
     if name == "head+gate":
-        return curation.expected(curation.gated_probs(head, gate, feats)).tolist()
+        return curation.expected(curation.gated_probs({**head, **gate}, feats)).tolist()
     if name == "head+gate_argmax":
-        return (curation.gated_probs(head, gate, feats).argmax(-1) + 1).tolist()
+        return (curation.gated_probs({**head, **gate}, feats).argmax(-1) + 1).tolist()
     raise ValueError(name)
 
 
@@ -70,7 +70,7 @@ def main():
     pairs = curation.load_rater_check(args.pairs)
     tok = models.load_tokenizer(args.rater)
     model = models.load_model(args.rater, dtype=args.dtype)
-    engine = Engine(model, tok, models.fingerprint(args.rater) + args.dtype, 8, ResultCache.default(),
+    engine = Engine(model, tok, models.fingerprint(args.rater), 8, ResultCache.default(),
                     add_special_tokens=not tok.chat_template)
     t0 = time.perf_counter()
     rows = {}
@@ -81,7 +81,7 @@ def main():
     print(f"features of {sum(len(r[0]) for r in rows.values())} pairs: {time.perf_counter() - t0:.0f} s")
     l2 = cv_l2(*rows["dev"])
     head = curation.fit_head(*rows["dev"], l2=l2)
-    gate = curation.fit_gate(*rows["dev"])
+    gate = {f"gate_{k}": v for k, v in curation.fit_gate(*rows["dev"]).items()}
     print(f"\nrater {args.rater} ({args.dtype}); head L2 = {l2} (grouped 4-fold CV on dev)\n")
     print("| candidate | part | spearman | auc_high_vs_low | auc_offtopic | mean score by level 1..5 |")
     print("|---|---|---:|---:|---:|---|")
