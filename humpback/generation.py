@@ -432,3 +432,17 @@ class Engine:
             lp = torch.log_softmax(logits, -1).gather(-1, torch.tensor(c, device=self.device)[:, None])
             out.append({"logprob": float(lp.sum()), "tokens": len(c)})
         return out
+
+
+def open_engine(ref: str, model_params, batch_size: int, adapter: str | None = None, chat: bool = False) -> Engine:
+    """An engine over the model `ref` (with a LoRA `adapter` merged), at `model_params`' precision, with
+    the project-wide result cache. `chat`: prompts come from the chat template, which holds its own
+    special tokens."""
+    from . import models
+
+    m = model_params
+    tok = models.load_tokenizer(adapter or ref)
+    model = models.load_model(ref, m.load_in_4bit, m.dtype, adapter=adapter)
+    fingerprint = models.fingerprint(ref, adapter=adapter, dtype=m.dtype, load_in_4bit=m.load_in_4bit)
+    return Engine(model, tok, fingerprint, batch_size, ResultCache.default(),
+                  add_special_tokens=not (chat and tok.chat_template))

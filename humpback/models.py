@@ -129,10 +129,12 @@ def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", ada
     return model
 
 
-def fingerprint(ref: str, adapter: str | None = None) -> str:
-    """A short hash that changes whenever the weights a model computes with change."""
+def fingerprint(ref: str, adapter: str | None = None, dtype: str = "float32", load_in_4bit: bool = False) -> str:
+    """A short hash that changes whenever the weights a model computes with, or their precision, change."""
     path = resolve(ref)
     h = hashlib.sha256(ref.encode())
+    if dtype != "float32" or load_in_4bit:  # float32 keys stay as they were before precision was a choice
+        h.update(f"{dtype}:{load_in_4bit}".encode())
     if os.path.isdir(path):
         for name in sorted(os.listdir(path)):
             if name.endswith((".safetensors", ".json", ".model")):

@@ -1,20 +1,17 @@
 """rate: the rater model scores every self-augmented pair from 1 to 5 (self-curation, part 1)."""
 
-from humpback import curation, formats, models
+from humpback import curation, formats
 from humpback.config import load_params
-from humpback.generation import Engine, ResultCache
+from humpback.generation import open_engine
 from humpback.stage import run
 
 
 def main():
     params = load_params()
-    c, m = params.curation, params.model
+    c = params.curation
     pairs = formats.load_json("data/self_augmented.json")
     rater = curation.Rater.load("models/rater")  # as fit and measured by rater_check
-    tok = models.load_tokenizer(c.rater)
-    model = models.load_model(c.rater, m.load_in_4bit, m.dtype)
-    engine = Engine(model, tok, models.fingerprint(c.rater), c.batch_size,
-                    ResultCache.default(), add_special_tokens=not tok.chat_template)
+    engine = open_engine(c.rater, params.model, c.batch_size, chat=True)
     rated = rater.rate(engine, pairs)
     formats.write_json("data/curated_dataset_all_evaluated.json", rated)
     formats.write_json("metrics/rate.json", curation.rate_metrics(rated))

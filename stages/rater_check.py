@@ -1,19 +1,16 @@
 """rater_check: fit the scoring mode on the dev part of the labelled rater set, measure it on the test part."""
 
-from humpback import curation, formats, models
+from humpback import curation, formats
 from humpback.config import load_params
-from humpback.generation import Engine, ResultCache
+from humpback.generation import open_engine
 from humpback.stage import run
 
 
 def main():
     params = load_params()
-    c, m = params.curation, params.model
+    c = params.curation
     pairs = curation.load_rater_check(c.check_pairs)
-    tok = models.load_tokenizer(c.rater)
-    model = models.load_model(c.rater, m.load_in_4bit, m.dtype)
-    engine = Engine(model, tok, models.fingerprint(c.rater), c.batch_size, ResultCache.default(),
-                    add_special_tokens=not tok.chat_template)
+    engine = open_engine(c.rater, params.model, c.batch_size, chat=True)
     rater = curation.fit_rater(engine, pairs, c.scoring, c.max_new_tokens, c.relevance_tokens, c.probe_l2)
     rater.save("models/rater")
     items = curation.rater_check_items(pairs, "test")

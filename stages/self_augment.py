@@ -1,8 +1,8 @@
 """self_augment: the backward model writes an instruction for each sampled unlabelled response."""
 
-from humpback import formats, models, prompts
+from humpback import formats, prompts
 from humpback.config import load_params
-from humpback.generation import Decoding, Engine, ResultCache
+from humpback.generation import Decoding, open_engine
 from humpback.stage import run
 
 
@@ -11,10 +11,8 @@ def main():
     p, m = params.augment, params.model
     records = formats.sample(formats.load_json("data/lima_single_turn.json"), p.num_samples, p.seed,
                              "data/lima_single_turn.json")
-    tok = models.load_tokenizer("models/backward")
-    model = models.load_model(m.base, m.load_in_4bit, m.dtype, adapter="models/backward")
-    engine = Engine(model, tok, models.fingerprint(m.base, adapter="models/backward"), p.batch_size,
-                    ResultCache.default())
+    engine = open_engine(m.base, m, p.batch_size, adapter="models/backward")
+    tok = engine.tok
     decoding = Decoding(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
                         temperature=p.temperature, top_p=p.top_p, seed=p.seed)
     max_tokens = params.inverse_sft.max_response_tokens  # the backward model was trained on this view

@@ -15,7 +15,7 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rater_check", "rate", "curate", "finetune", "evaluate", "report"]
 AFTER_RATE = ["curate", "finetune", "evaluate", "report"]
 
 

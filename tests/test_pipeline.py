@@ -8,7 +8,7 @@ import yaml
 
 import tiny
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rater_check", "rate", "curate", "finetune", "evaluate", "report"]
 
 
 def load(ws, rel):

@@ -19,7 +19,7 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rate", "curate", "finetune", "evaluate", "report"]
+STAGES = ["prepare", "inverse_sft", "self_augment", "rater_check", "rate", "curate", "finetune", "evaluate", "report"]
 BUCKET = "humpback-dvc"
 PREFIX = "cache/"  # s3://humpback-dvc/cache in .dvc/config
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}

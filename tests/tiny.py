@@ -69,7 +69,8 @@ TINY_PARAMS = {
     "inverse_sft": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "max_response_tokens": 32,
                     "eval_size": 4, "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
     "augment": {"num_samples": 12, "batch_size": 4, "max_new_tokens": 8},
-    "curation": {"batch_size": 4, "threshold": 1, "max_new_tokens": 8},
+    # expected: the probe fit on a random model rates everything alike; the tests need varied ratings
+    "curation": {"batch_size": 4, "threshold": 1, "max_new_tokens": 8, "scoring": "expected"},
     "finetune": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "eval_size": 4,
                  "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
     "evaluate": {"batch_size": 4, "max_length": 128},
