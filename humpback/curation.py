@@ -346,9 +346,12 @@ def relevance(engine: Engine, pairs: list[dict], max_tokens: int) -> list[float]
     for p in pairs:
         ids = tok(p["response"], add_special_tokens=False)["input_ids"][:max_tokens]
         heads.append(tok.decode(ids))
-    with_instr = engine.continuation_logprobs("", [chat_prompt(tok, p["instruction"]) for p in pairs], heads,
-                                              desc="relevance")
-    without = engine.continuation_logprobs("", [chat_prompt(tok, "") for _ in pairs], heads, desc="relevance (no instruction)")
+    # The template's head (e.g. a system prompt) is the same for every prompt: computed once, shared.
+    shared = os.path.commonprefix([chat_prompt(tok, "a"), chat_prompt(tok, "b")])
+    prompts_ = [chat_prompt(tok, p["instruction"])[len(shared):] for p in pairs]
+    with_instr = engine.continuation_logprobs(shared, prompts_, heads, desc="relevance")
+    empty = chat_prompt(tok, "")[len(shared):]
+    without = engine.continuation_logprobs(shared, [empty] * len(pairs), heads, desc="relevance (no instruction)")
     return [(a["logprob"] - b["logprob"]) / max(a["tokens"], 1) for a, b in zip(with_instr, without)]
 
 
