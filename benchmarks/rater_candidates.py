@@ -13,9 +13,9 @@ import time
 
 import torch
 
-from humpback import curation, models
-from humpback.config import CurationParams
-from humpback.generation import Engine, ResultCache
+from humpback import curation
+from humpback.config import CurationParams, ModelParams
+from humpback.generation import open_engine
 
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
@@ -68,10 +68,8 @@ def main():
     args = ap.parse_args()
 
     pairs = curation.load_rater_check(args.pairs)
-    tok = models.load_tokenizer(args.rater)
-    model = models.load_model(args.rater, dtype=args.dtype)
-    engine = Engine(model, tok, models.fingerprint(args.rater), 8, ResultCache.default(),
-                    add_special_tokens=not tok.chat_template)
+    # the stages' engine: the same cache keys, so a pipeline run and this benchmark share results
+    engine = open_engine(args.rater, ModelParams(dtype=args.dtype), 8, chat=True)
     t0 = time.perf_counter()
     rows = {}
     for part in ("dev", "test"):
@@ -82,7 +80,13 @@ def main():
     l2 = cv_l2(*rows["dev"])
     head = curation.fit_head(*rows["dev"], l2=l2)
     gate = {f"gate_{k}": v for k, v in curation.fit_gate(*rows["dev"]).items()}
-    print(f"\nrater {args.rater} ({args.dtype}); head L2 = {l2} (grouped 4-fold CV on dev)\n")
+    import os
+    import platform
+
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    print(f"\nrater {args.rater} ({args.dtype}); head L2 = {l2} (grouped 4-fold CV on dev); "
+          f"CPU {cpu} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}\n")
     print("| candidate | part | spearman | auc_high_vs_low | auc_offtopic | mean score by level 1..5 |")
     print("|---|---|---:|---:|---:|---|")
     for name in ("expected", "calibrated", "relevance", "head", "head_argmax", "head+gate", "head+gate_argmax"):
