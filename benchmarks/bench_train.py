@@ -9,10 +9,11 @@ alike; compare methods by the ratios within one run, never across runs.
 Methods (`--methods`, comma-separated names `<precision>[-pack|-group][-fullhead]`):
   fp32            fp32 weights and compute
   bf16            base weights loaded in bf16, LoRA weights/grads/optimizer in fp32, no autocast
-                  (what training.py does for model.dtype: bfloat16)
   bf16amp         fp32 weights, SFTConfig(bf16=True, use_cpu=True): CPU autocast, matmuls in bf16
+                  (what training.py does for model.dtype: bfloat16)
   -pack           trl packing=True (BFD, padding-free: one row, position_ids, block-diagonal attention)
   -group          padded, train_sampling_strategy="group_by_length" (batches of similar lengths)
+  -nodrop         lora_dropout 0 instead of 0.05 (params.yaml): peft then skips the dropout entirely
   -fullhead       trl's fused LM head scores every position (trl's CPU default, and training.py before);
                   without it only labelled positions go through the LM head, as train_lora does now
   Without -pack/-group: padded batches in random order. `fp32-fullhead` is what training.py did before.
@@ -134,10 +135,11 @@ def method(name: str) -> dict:
     """`<precision>[-pack|-group][-fullhead]`: precision fp32 | bf16 (bf16 weights, fp32 LoRA: what
     training.py does for model.dtype=bfloat16) | bf16amp (fp32 weights, SFTConfig(bf16=True) autocast)."""
     parts = name.split("-")
-    if parts[0] not in ("fp32", "bf16", "bf16amp") or not set(parts[1:]) <= {"pack", "group", "fullhead"}:
+    if parts[0] not in ("fp32", "bf16", "bf16amp") or not set(parts[1:]) <= {"pack", "group", "fullhead", "nodrop"}:
         raise SystemExit(f"unknown method {name!r}")
     return dict(dtype="bfloat16" if parts[0] == "bf16" else "float32", bf16=parts[0] == "bf16amp",
                 pack="pack" in parts, group="group" in parts, compact="fullhead" not in parts,
+                lora_dropout=0.0 if "nodrop" in parts else None,
                 compute="float32" if parts[0] == "fp32" else "bfloat16")
 
 
@@ -156,7 +158,8 @@ def make_trainer(ref: str, name: str, train: list[dict], tp: TrainParams, batch_
         data_seed=tp.seed, bf16=m["bf16"], fp16=False, gradient_checkpointing=False, use_cpu=True,
         report_to="none", dataloader_num_workers=0, packing=m["pack"], **extra,
     )
-    lora = LoraConfig(r=tp.lora_r, lora_alpha=tp.lora_alpha, lora_dropout=tp.lora_dropout,
+    dropout = tp.lora_dropout if m["lora_dropout"] is None else m["lora_dropout"]
+    lora = LoraConfig(r=tp.lora_r, lora_alpha=tp.lora_alpha, lora_dropout=dropout,
                       target_modules=tp.lora_target_modules, task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=base, args=config, train_dataset=Dataset.from_list(train), processing_class=tok,
                          peft_config=lora)
@@ -180,6 +183,8 @@ class Runner:
         self.computed: list[int] = []  # tokens computed, padding included
         self.sumsq: list[int] = []  # sum of squared sequence lengths (attention FLOPs)
         self.losses: list[float] = []
+        self.cpu: list[float] = []  # process CPU seconds per timed step
+        self.adjacent_peak: list[float] = []  # matmul peak of the method's dtype, just before and after each step
         self.weight_dtype = next(p for p in self.model.parameters() if not p.requires_grad).dtype
         self.lora_dtype = next(p for p in self.model.parameters() if p.requires_grad).dtype
 
@@ -201,15 +206,20 @@ class Runner:
             starts = (pos == 0).nonzero().flatten().tolist() + [len(pos)]
             lens = [e - s for s, e in zip(starts, starts[1:])]
             computed = pos.numel()
-        t = time.perf_counter()
+        dtype = getattr(torch, method(self.name)["compute"])
+        config = self.model.config
+        peak_before = matmul_peak(config, dtype, reps=2) if timed else 0.0
+        t, c = time.perf_counter(), time.process_time()
         loss = self.trainer.training_step(self.model, batch)
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], 1.0)
         self.trainer.optimizer.step()
         self.trainer.lr_scheduler.step()
         self.model.zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - t
+        elapsed, cpu = time.perf_counter() - t, time.process_time() - c
         self.losses.append(loss.item())
         if timed:
+            self.adjacent_peak.append((peak_before + matmul_peak(config, dtype, reps=2)) / 2)
+            self.cpu.append(cpu)
             self.times.append(elapsed)
             self.tokens.append(sum(lens))
             self.computed.append(computed)
@@ -342,13 +352,15 @@ def main():
         f"(LM head included), N_lora = {first.n_lora / 1e6:.2f}M, T = real tokens of the step (padding excluded). "
         f"s/step is the median over {ARGS.rounds * ARGS.round} timed steps ({ARGS.rounds} rounds of {ARGS.round}, "
         "order rotated), after "
-        f"{ARGS.warmup} warm-up step(s). % of peak uses the best peak of the dtype the matmuls run in.")
+        f"{ARGS.warmup} warm-up step(s). % of peak uses the best (and median) peak of the dtype the matmuls run in over the whole run; "
+        "% of adjacent peak divides each step's GFLOP/s by the mean of two peak measurements of its dtype taken "
+        "just before and just after that step (the least load-sensitive figure on a shared machine).")
     out()
     base_rate = None
     out("| method | weights / LoRA dtype | real tokens/step | computed tokens/step | s/step (median) | real tokens/s "
-        "| vs first fp32 | achieved GFLOP/s | % of matmul peak (best / median) | loss at step "
-        f"{steps} (mean of last {ARGS.round}) |")
-    out("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+        "| vs first fp32 | achieved GFLOP/s | % of matmul peak (best / median) | % of adjacent peak (median) "
+        f"| CPU s/step | loss at step {steps} (mean of last {ARGS.round}) |")
+    out("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for name, r in runners.items():
         s = statistics.median(r.times)
         tok = statistics.mean(r.tokens)
@@ -361,8 +373,11 @@ def main():
         vs = f"{tps / base_rate:.2f}x" if base_rate else "-"
         wd = f"{str(r.weight_dtype).split('.')[1]} / {str(r.lora_dtype).split('.')[1]}"
         last = statistics.mean(r.losses[-ARGS.round:])
+        adj = statistics.median(step_flops(config, n_frozen, r.n_lora, t, q) / dt / 1e9 / pk
+                                for t, q, dt, pk in zip(r.tokens, r.sumsq, r.times, r.adjacent_peak))
         out(f"| {name} | {wd} | {tok:.0f} | {comp:.0f} | {s:.2f} | {tps:.0f} | {vs} | {rate:.0f} | "
-            f"{100 * rate / best[dtype]:.0f}% / {100 * rate / med[dtype]:.0f}% | {last:.4f} |")
+            f"{100 * rate / best[dtype]:.0f}% / {100 * rate / med[dtype]:.0f}% | {100 * adj:.0f}% | "
+            f"{statistics.median(r.cpu):.2f} | {last:.4f} |")
     out()
     if check:
         n, diff, head_diff = check

@@ -3,7 +3,7 @@
 Data are prompt-completion pairs, so trl computes the loss on completion tokens only.
 
 Speed on CPU (benchmarks/bench_train.py, benchmarks/RESULTS.md):
-- `model.dtype: bfloat16` computes in bf16 (native on CPUs with AVX512-BF16 or AMX); see `compute_dtype`.
+- `model.dtype: bfloat16` computes in bf16 (native on CPUs with AVX512-BF16 or AMX); see `precision_flags`.
 - The LM head runs only at positions that have a label (`_lm_head_on_label_positions_only`): a prompt's
   positions are most of an inverse-SFT example and contribute nothing to the loss.
 - `packing` (trl BFD packing, padding-free rows with block-diagonal attention) and `group_by_length`
@@ -51,14 +51,21 @@ def _lm_head_on_label_positions_only() -> None:
 def precision_flags(model: ModelParams, on_gpu: bool) -> dict:
     """SFTConfig precision flags for `model.dtype` (the dtype the model computes in, recorded in params.yaml).
 
-    On CPU, bfloat16 loads the base weights in bf16 and keeps the LoRA weights, their gradients and the
-    optimizer state in fp32 (peft's default); no autocast, which would re-cast all frozen weights at every
-    forward. float32 computes in fp32. On GPU, bf16 autocast where supported, as before.
+    On CPU, bfloat16 is trl/accelerate's CPU autocast (`bf16=True, use_cpu=True`): fp32 weights, residual
+    stream and norms, matmuls in bf16; the LoRA weights, their gradients, the optimizer state and the saved
+    adapter stay fp32. Loading the base weights in bf16 instead measured the same speed (benchmarks/RESULTS.md)
+    and rounds more. float32 computes in fp32. On GPU, bf16 autocast where supported, as before.
     """
     if on_gpu:
         return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
-    torch_dtype(model.dtype)  # validates the name
-    return {"bf16": False, "fp16": False}
+    return {"bf16": torch_dtype(model.dtype) == torch.bfloat16, "fp16": False}
+
+
+def base_load_dtype(model: ModelParams, on_gpu: bool) -> str:
+    """The dtype the base weights are loaded in for training: fp32 under CPU autocast, else model.dtype."""
+    if not on_gpu and not model.load_in_4bit and model.dtype == "bfloat16":
+        return "float32"
+    return model.dtype
 
 
 def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval: list[dict],
@@ -73,10 +80,10 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
 
     _lm_head_on_label_positions_only()
     tokenizer = load_tokenizer(model.base, padding_side="right")
-    base = load_model(model.base, load_in_4bit=model.load_in_4bit, dtype=model.dtype)
-    if model.load_in_4bit:  # QLoRA
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=torch.cuda.is_available())
     on_gpu = torch.cuda.is_available()
+    base = load_model(model.base, load_in_4bit=model.load_in_4bit, dtype=base_load_dtype(model, on_gpu))
+    if model.load_in_4bit:  # QLoRA
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=on_gpu)
     work_dir = f"{output_dir}.work"
     config = SFTConfig(
         output_dir=work_dir,
