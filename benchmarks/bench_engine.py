@@ -2,7 +2,7 @@
 
 (a) self-augmentation: `Engine.generate` vs a loop calling `model.generate` once per prompt, on the
     pipeline's own prompts (LIMA single-turn responses, held-out split and sample as in prepare and
-    self_augment, `prompts.backward_suffix(..., max_words=120)`), greedy, max_new_tokens=48. The
+    self_augment, `prompts.backward_suffix(..., max_tokens=160)`), greedy, max_new_tokens=48. The
     base model without the backward adapter: the speed is the same, the instructions are not.
 (b) rating ("expected" mode): `curation.rate` (shared rater prefix, `Engine.next_token_probs`) vs
     one forward per full prompt, over the rater prompts of the pairs written in (a).
@@ -61,7 +61,7 @@ import torch  # noqa: E402
 from humpback import curation, formats, models, prompts  # noqa: E402
 from humpback.generation import Decoding, Engine  # noqa: E402
 
-MAX_WORDS = 120  # params.yaml inverse_sft.max_response_words
+MAX_TOKENS = 160  # params.yaml inverse_sft.max_response_tokens
 MAX_NEW_TOKENS = 48  # params.yaml augment.max_new_tokens
 
 
@@ -173,7 +173,7 @@ def interleaved(methods: dict, items: list, round_size: int, label: str) -> dict
 
 def bench_augment(model, tok, records, batch_sizes: list[int], baseline, fm: FlopModel, round_size: int) -> dict:
     prefix = prompts.BACKWARD_PREFIX
-    suffixes = [prompts.backward_suffix(r["response"], MAX_WORDS) for r in records]
+    suffixes = [prompts.backward_suffix(r["response"], tok, MAX_TOKENS) for r in records]
     prefix_ids = tok(prefix)["input_ids"]
     eos_ids = Engine(model, tok, "bench", 1).eos_ids
 
@@ -405,7 +405,7 @@ def main():
         else:  # the same instructions (a) would write (greedy), untimed
             log("(b) writing the instructions to rate (untimed)")
             instructions = Engine(model, tok, "bench", max(sizes)).generate(
-                prompts.BACKWARD_PREFIX, [prompts.backward_suffix(r["response"], MAX_WORDS) for r in records],
+                prompts.BACKWARD_PREFIX, [prompts.backward_suffix(r["response"], tok, MAX_TOKENS) for r in records],
                 Decoding(max_new_tokens=MAX_NEW_TOKENS))
         pairs = [{"id": r["id"], "instruction": ins, "response": r["response"]} for r, ins in zip(records, instructions)]
         b = bench_rate(model, tok, pairs, args.rate_batch_size, baseline, fm, args.round)

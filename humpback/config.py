@@ -48,6 +48,8 @@ class TrainParams:
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     min_pairs: int = 1  # finetune refuses to train on fewer curated pairs than this
     max_response_tokens: int = 0  # inverse SFT and self-augmentation: truncate responses (0 = keep whole)
+    packing: bool = False  # trl BFD packing: examples share rows of max_length, no padding (per-example loss unchanged)
+    group_by_length: bool = False  # batches of similar lengths (less padding); changes the example order
 
 
 @dataclass

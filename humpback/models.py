@@ -100,18 +100,42 @@ def load_tokenizer(ref: str, padding_side: str = "left"):
     return tok
 
 
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype for `model.dtype`. Always the name written in params.yaml, never chosen per machine:
+    the same inputs must give the same outputs (and DVC hashes) on every machine."""
+    if name not in DTYPES:
+        raise HumpbackError(f"model.dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    if name == "bfloat16" and not torch.cuda.is_available() and not native_bf16():
+        print("warning: model.dtype=bfloat16 on a CPU without AVX512-BF16/AMX: correct, but emulated and "
+              "slower than float32", file=sys.stderr)
+    return getattr(torch, name)
+
+
 def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", adapter: str | None = None):
     """Load a causal LM for inference, optionally 4-bit (bitsandbytes nf4) and with a LoRA adapter."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
-    torch_dtype = getattr(torch, dtype)
-    kwargs = dict(dtype=torch_dtype, **_hub_kwargs())
+    dtype_ = torch_dtype(dtype)
+    kwargs = dict(dtype=dtype_, **_hub_kwargs())
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,
             bnb_4bit_quant_type="nf4",
             bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=torch_dtype,
+            bnb_4bit_compute_dtype=dtype_,
         )
     if torch.cuda.is_available():
         kwargs["device_map"] = "auto"

@@ -1,15 +1,64 @@
-"""Entry-point wrapper for `stages/*.py`: user errors print one line, never a traceback."""
+"""Entry-point wrapper for `stages/*.py`: user errors print one line, never a traceback.
+
+Every run also reports its wall time, on stderr and in a git-ignored log (`logs/timings.log`, one line
+per stage run), with the CPU model and the 1-minute load average, since on a shared machine a time means
+little without them. Timings are not DVC metrics: they differ from run to run and would make every
+`dvc metrics diff` noisy.
+"""
 
 from __future__ import annotations
 
+import datetime
+import os
 import sys
+import time
 
 from . import HumpbackError
 
+TIMINGS_LOG = os.path.join("logs", "timings.log")
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
+def _stage_name() -> str:
+    return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "stage"
+
+
+def report_timing(stage: str, seconds: float, status: str = "ok") -> str:
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    line = (f"timings: {stage} {seconds:.1f}s (cpu: {cpu_model()} x{os.cpu_count()}, load: {load:.2f}"
+            f"{'' if status == 'ok' else ', ' + status})")
+    print(line, file=sys.stderr)
+    try:
+        os.makedirs(os.path.dirname(TIMINGS_LOG), exist_ok=True)
+        with open(TIMINGS_LOG, "a", encoding="utf-8") as f:
+            f.write(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {line}\n")
+    except OSError:
+        pass  # a read-only checkout still runs; the stderr line is the record
+    return line
+
 
 def run(main) -> None:
+    start, status = time.perf_counter(), "ok"
     try:
         main()
     except HumpbackError as e:
+        status = "failed"
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except BaseException:
+        status = "failed"
+        raise
+    finally:
+        report_timing(_stage_name(), time.perf_counter() - start, status)

@@ -1,6 +1,13 @@
 """LoRA supervised fine-tuning with trl's SFTTrainer; both inverse SFT and the final fine-tune use it.
 
 Data are prompt-completion pairs, so trl computes the loss on completion tokens only.
+
+Speed on CPU (benchmarks/bench_train.py, benchmarks/RESULTS.md):
+- `model.dtype: bfloat16` computes in bf16 (native on CPUs with AVX512-BF16 or AMX); see `precision_flags`.
+- The LM head runs only at positions that have a label (`_lm_head_on_label_positions_only`): a prompt's
+  positions are most of an inverse-SFT example and contribute nothing to the loss.
+- `packing` (trl BFD packing, padding-free rows with block-diagonal attention) and `group_by_length`
+  remove padding; both change which examples share a step, so they are params, off by default.
 """
 
 from __future__ import annotations
@@ -12,7 +19,53 @@ import torch
 
 from . import HumpbackError
 from .config import ModelParams, TrainParams
-from .models import load_model, load_tokenizer
+from .models import load_model, load_tokenizer, torch_dtype
+
+
+def _lm_head_on_label_positions_only() -> None:
+    """Make trl's fused LM head score only the positions whose next-token label is not -100, on CPU too.
+
+    trl (1.x) gathers the labelled positions before its chunked log-softmax only on Triton devices, where a
+    varying number of positions would recompile kernels; elsewhere it projects every position through the
+    LM head and zeroes the ignored ones afterwards. On CPU nothing recompiles, and an inverse-SFT example is
+    ~90% prompt, so the LM head (a fifth of the model's FLOPs, plus a softmax over 49k logits per position)
+    ran mostly for nothing. The compact path computes the same per-token values for the labelled positions
+    (tests/test_training_speed_opts.py). Only the `compact` switch in trl.trainer.utils is changed: the
+    kernels module keeps its own `_use_triton`, so the torch (not Triton) kernels still run on CPU.
+    """
+    try:
+        import trl.trainer.utils as trl_utils
+    except ImportError:
+        return
+    original = getattr(trl_utils, "_use_triton", None)
+    if original is None or getattr(original, "_humpback_compact", False):
+        return  # another trl layout (nothing to do), or already patched
+
+    def compact(device) -> bool:
+        return torch.device(device).type == "cpu" or original(device)
+
+    compact._humpback_compact = True
+    trl_utils._use_triton = compact
+
+
+def precision_flags(model: ModelParams, on_gpu: bool) -> dict:
+    """SFTConfig precision flags for `model.dtype` (the dtype the model computes in, recorded in params.yaml).
+
+    On CPU, bfloat16 is trl/accelerate's CPU autocast (`bf16=True, use_cpu=True`): fp32 weights, residual
+    stream and norms, matmuls in bf16; the LoRA weights, their gradients, the optimizer state and the saved
+    adapter stay fp32. Loading the base weights in bf16 instead measured the same speed (benchmarks/RESULTS.md)
+    and rounds more. float32 computes in fp32. On GPU, bf16 autocast where supported, as before.
+    """
+    if on_gpu:
+        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
+    return {"bf16": torch_dtype(model.dtype) == torch.bfloat16, "fp16": False}
+
+
+def base_load_dtype(model: ModelParams, on_gpu: bool) -> str:
+    """The dtype the base weights are loaded in for training: fp32 under CPU autocast, else model.dtype."""
+    if not on_gpu and not model.load_in_4bit and model.dtype == "bfloat16":
+        return "float32"
+    return model.dtype
 
 
 def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval: list[dict],
@@ -25,11 +78,12 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     from transformers.integrations import DVCLiveCallback
     from trl import SFTConfig, SFTTrainer
 
+    _lm_head_on_label_positions_only()
     tokenizer = load_tokenizer(model.base, padding_side="right")
-    base = load_model(model.base, load_in_4bit=model.load_in_4bit, dtype=model.dtype)
-    if model.load_in_4bit:  # QLoRA
-        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=torch.cuda.is_available())
     on_gpu = torch.cuda.is_available()
+    base = load_model(model.base, load_in_4bit=model.load_in_4bit, dtype=base_load_dtype(model, on_gpu))
+    if model.load_in_4bit:  # QLoRA
+        base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=on_gpu)
     work_dir = f"{output_dir}.work"
     config = SFTConfig(
         output_dir=work_dir,
@@ -46,10 +100,13 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         save_strategy="no",
         seed=params.seed,
         data_seed=params.seed,
-        # trl defaults to bf16 and gradient checkpointing: neither helps a CPU run.
-        bf16=on_gpu and torch.cuda.is_bf16_supported(),
-        fp16=False,
+        # trl defaults to bf16 autocast and gradient checkpointing: on CPU the dtype is model.dtype's
+        # (precision_flags), and checkpointing would only recompute activations that fit in memory.
+        **precision_flags(model, on_gpu),
         gradient_checkpointing=on_gpu,
+        # Padding removal: both change which examples share a step (so the result), hence params.
+        packing=params.packing,  # BFD: padding-free rows, position_ids, block-diagonal attention
+        **({"train_sampling_strategy": "group_by_length"} if params.group_by_length else {}),
         use_cpu=not on_gpu,
         report_to="none",  # DVCLive is attached below with our own directory
         disable_tqdm=False,

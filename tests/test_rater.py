@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import torch
 
 from humpback import HumpbackError, curation
 from humpback.generation import Engine
