@@ -73,7 +73,7 @@ class CurationParams:
     batch_size: int = 8
     max_new_tokens: int = 96  # generate mode only
     relevance_tokens: int = 96  # probe mode: response tokens that the relevance (PMI) reads
-    probe_l2: float = 10.0  # probe mode: L2 penalty of the linear head
+    probe_l2: float = 100.0  # probe mode: L2 penalty of the linear head
     check_pairs: str = "data/rater_check/pairs.jsonl"
 
 
