@@ -45,6 +45,11 @@ def test_every_output_has_its_schema_and_counts(workspace):
     unlabelled, heldout = load(ws, "data/lima_single_turn.json"), load(ws, "data/lima_heldout.json")
     assert len(unlabelled) + len(heldout) == prep["lima"]["kept"] and len(heldout) == 8
     assert not {r["id"] for r in unlabelled} & {r["id"] for r in heldout}
+    inv = load(ws, "metrics/inverse_sft.json")  # responses are cut by tokens: no seed example is lost
+    assert inv["dropped_too_long"] == 0 and inv["train_examples"] + inv["eval_examples"] == len(seed)
+    check = load(ws, "metrics/rater_check.json")
+    assert {"spearman", "auc_high_vs_low", "auc_offtopic", "mean_by_level", "precision_at_4"} <= set(check)
+    assert check["pairs"] == 120 and check["offtopic_pairs"] == 24
 
     aug = load(ws, "data/self_augmented.json")
     assert len(aug) == 12

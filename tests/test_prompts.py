@@ -78,3 +78,24 @@ def test_curate_threshold_and_metrics_add_up():
     assert m["kept"] == 3 and m["kept_at"] == {"3": 4, "4": 3, "5": 1}
     r = curation.rate_metrics(rated)
     assert r["unparsable"] == 1 and sum(r["histogram"].values()) == r["rated"] == 7
+
+
+def test_long_seed_responses_leave_room_for_the_instruction(tiny_model, tiny_tokenizer, tmp_path):
+    """Cut by tokens, a 2,000-word response still leaves the instruction inside max_length, so trl keeps
+    the example (it drops those whose prompt alone fills max_length)."""
+    from humpback.config import ModelParams, TrainParams
+    from humpback.training import train_lora
+
+    long = " ".join(f"word{i} 12345" for i in range(2000))
+    pairs = [{"instruction": f"Write a list number {i}.", "response": long} for i in range(6)]
+    examples = [prompts.backward_example(p, tiny_tokenizer, 48) for p in pairs]
+    scaffold = len(tiny_tokenizer(prompts.backward_prompt(""))["input_ids"])
+    assert all(len(tiny_tokenizer(e["prompt"])["input_ids"]) <= scaffold + 48 + 2 for e in examples)
+    params = TrainParams(max_steps=1, per_device_train_batch_size=2, max_length=scaffold + 64, logging_steps=1,
+                         lora_r=2, lora_alpha=4)
+    model_dir = tiny_model
+    metrics = train_lora(ModelParams(base=model_dir), params, examples, [], str(tmp_path / "a"), str(tmp_path / "l"))
+    assert metrics["dropped_too_long"] == 0 and metrics["train_examples"] == 6
+    whole = [prompts.backward_example(p) for p in pairs]  # uncut: every prompt overflows and is dropped
+    with pytest.raises(Exception, match="none of 6 examples"):
+        train_lora(ModelParams(base=model_dir), params, whole, [], str(tmp_path / "b"), str(tmp_path / "m"))
