@@ -47,11 +47,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.command == "plots":
         from . import plots
 
-        run(lambda: sys.exit(plots.main(args.action, args.dvc_args)))  # dvc's own exit code
+        run(lambda: sys.exit(plots.main(args.action, args.dvc_args)), timed=False)  # dvc's own exit code
     else:
         from . import publish
 
-        run(lambda: publish.main(args))
+        run(lambda: publish.main(args), timed=False)
 
 
 if __name__ == "__main__":

@@ -49,16 +49,14 @@ def report_timing(stage: str, seconds: float, status: str = "ok") -> str:
     return line
 
 
-def run(main) -> None:
-    start, status = time.perf_counter(), "ok"
+def run(main, timed: bool = True) -> None:
+    """Run `main`; a HumpbackError is its one line on stderr. A stage that finishes reports its time
+    (a failed one reports only its error, so that the error stays one line)."""
+    start = time.perf_counter()
     try:
         main()
     except HumpbackError as e:
-        status = "failed"
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    except BaseException:
-        status = "failed"
-        raise
-    finally:
-        report_timing(_stage_name(), time.perf_counter() - start, status)
+    if timed:
+        report_timing(_stage_name(), time.perf_counter() - start)

@@ -45,6 +45,7 @@ def _lm_head_on_label_positions_only() -> None:
         return torch.device(device).type == "cpu" or original(device)
 
     compact._humpback_compact = True
+    compact._humpback_original = original
     trl_utils._use_triton = compact
 
 
@@ -75,7 +76,6 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     from datasets import Dataset
     from dvclive import Live
     from peft import LoraConfig, prepare_model_for_kbit_training
-    from transformers.integrations import DVCLiveCallback
     from trl import SFTConfig, SFTTrainer
 
     _lm_head_on_label_positions_only()
@@ -128,7 +128,7 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         eval_dataset=Dataset.from_list(eval) if eval else None,
         processing_class=tokenizer,
         peft_config=lora,
-        callbacks=[DVCLiveCallback(live=live)],
+        callbacks=[_pure_dvclive(live)],
     )
     # trl drops examples whose prompt alone fills max_length (no completion token left to learn from).
     kept = len(trainer.train_dataset)
@@ -147,7 +147,7 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     shutil.rmtree(tmp, ignore_errors=True)
     trainer.model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    name_base_by_reference(tmp, model.base)
+    name_base_by_reference(tmp, model.base)  # also sorts the config's lists (peft writes sets in hash order)
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(tmp, output_dir)
     shutil.rmtree(work_dir, ignore_errors=True)
@@ -163,19 +163,33 @@ def name_base_by_reference(adapter_dir: str, ref: str) -> None:
     from .models import resolve
 
     local = resolve(ref)
-    if local == ref:
-        return
     for name in os.listdir(adapter_dir):
         path = os.path.join(adapter_dir, name)
         if name == "adapter_config.json":
             with open(path, encoding="utf-8") as f:
                 config = json.load(f)
             config["base_model_name_or_path"] = ref
+            # target_modules is a set in peft: its order in the file follows the string hash seed
+            config = {k: sorted(v) if k == "target_modules" and isinstance(v, list) else v for k, v in config.items()}
             with open(path, "w", encoding="utf-8") as f:
                 json.dump(config, f, indent=2, sort_keys=True)
                 f.write("\n")
-        elif name.endswith(".md"):  # peft's model card names the base model too
+        elif name.endswith(".md") and local != ref:  # peft's model card names the base model too
             with open(path, encoding="utf-8") as f:
                 text = f.read()
             with open(path, "w", encoding="utf-8") as f:
                 f.write(text.replace(local, ref))
+
+
+def _pure_dvclive(live):
+    """DVCLive's Trainer callback without the wall-clock figures (runtime, samples or steps per second):
+    they differ on every run, and the DVCLive directory is a DVC out. Losses are rounded to 4 decimals."""
+    from transformers.integrations import DVCLiveCallback
+
+    class PureDVCLiveCallback(DVCLiveCallback):
+        def on_log(self, args, state, control, model=None, logs=None, **kwargs):
+            logs = {k: round(v, 4) if isinstance(v, float) else v for k, v in (logs or {}).items()
+                    if not k.endswith(("runtime", "per_second"))}
+            return super().on_log(args, state, control, model=model, logs=logs, **kwargs)
+
+    return PureDVCLiveCallback(live=live)

@@ -119,7 +119,7 @@ def test_report_stage_is_declared_in_dvc_yaml(repo_root):
     stage = stages["report"]
     assert stage["cmd"] == "python stages/report.py"
     assert set(stage["deps"]) == {"stages/report.py", "humpback/report.py", "humpback/config.py",
-                                  "data/curated_dataset_all_evaluated.json"}
+                                  "data/curated_dataset_all_evaluated.json", "metrics/rater_check.json"}
     assert stage["params"] == ["curation.threshold"] and stage["outs"] == ["reports/curation.html"]
 
 
