@@ -4,7 +4,7 @@
     pipeline's own prompts (LIMA single-turn responses, held-out split and sample as in prepare and
     self_augment, `prompts.backward_suffix(..., max_tokens=160)`), greedy, max_new_tokens=48. The
     base model without the backward adapter: the speed is the same, the instructions are not.
-(b) rating ("expected" mode): `curation.rate` (shared rater prefix, `Engine.next_token_probs`) vs
+(b) rating ("expected" mode): `Engine.next_token_probs` over the shared rater prefix vs
     one forward per full prompt, over the rater prompts of the pairs written in (a).
 (c) compute floor: fp32 matmul GFLOP/s of this machine, and the share of it (a) and (b) reach.
 (d) OpenMP wait policy: one decoding step under the default (spinning) policy and under
@@ -227,8 +227,12 @@ def bench_rate(model, tok, pairs, batch_size: int, baseline, fm: FlopModel, roun
     def engine(module=None):
         def run(chunk):
             e = (module.Engine if module else Engine)(model, tok, "bench", batch_size, add_special_tokens=add_bos)
-            rated = curation.rate(e, chunk, "expected")
-            return {"scores": [r["score"] for r in rated], "tokens": e.stats["prompt_tokens_computed"]}
+            # next_token_probs: the call both this engine and the baseline revision's have
+            suffixes = [template.format(pair=prompts.rater_pair(p["instruction"], p["response"])) + joiner
+                        for p in chunk]
+            probs = e.next_token_probs(head, suffixes, candidates)
+            scores = [sum((i + 1) * q for i, q in enumerate(ps)) / sum(ps) for ps in probs]
+            return {"scores": scores, "tokens": e.stats["prompt_tokens_computed"]}
         return run
 
     def naive(chunk):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
 
 ap = argparse.ArgumentParser()
@@ -34,45 +33,10 @@ from humpback import curation, formats, models, prompts  # noqa: E402
 from humpback.config import ModelParams  # noqa: E402
 from humpback.generation import Decoding, Engine  # noqa: E402
 
-import platform  # noqa: E402
-import subprocess  # noqa: E402
 
 
-# cpu_model, matmul_shapes, matmul_peak: as in bench_train.py (which parses its own arguments at import)
-def cpu_model() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
-    except OSError:
-        return platform.processor()
-    name = next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name")), "?")
-    flags = next((ln for ln in text.splitlines() if ln.startswith("Flags")), "")
-    native = [f for f in ("avx512_bf16", "amx_bf16", "amx_tile") if f in flags.split()]
-    return f"{name}; native bf16 flags: {', '.join(native) or 'none'}"
+from machine import cpu_model, matmul_peak  # noqa: E402
 
-
-def matmul_shapes(config, tokens: int) -> list[tuple[int, int, int, int]]:
-    """(m, k, n, count per layer-equivalent) of the linear layers, forward and backward-of-activations."""
-    h, i = config.hidden_size, config.intermediate_size
-    kv = config.num_key_value_heads * (h // config.num_attention_heads)
-    fwd = [(tokens, h, h, 2), (tokens, h, kv, 2), (tokens, h, i, 2), (tokens, i, h, 1)]
-    bwd = [(m, n, k, c) for m, k, n, c in fwd]  # dX = dY @ W^T
-    return fwd + bwd
-
-
-def matmul_peak(config, dtype, tokens: int = 1024, reps: int = 5) -> float:
-    """GFLOP/s of torch.mm over one layer's worth of the model's linear shapes (best of `reps`)."""
-    shapes = matmul_shapes(config, tokens)
-    mats = [(torch.randn(m, k).to(dtype), torch.randn(k, n).to(dtype), c) for m, k, n, c in shapes]
-    flops = sum(2 * a.shape[0] * a.shape[1] * b.shape[1] * c for a, b, c in mats)
-    best = float("inf")
-    for r in range(reps + 1):
-        t = time.perf_counter()
-        for a, b, c in mats:
-            for _ in range(c):
-                torch.mm(a, b)
-        if r:  # the first pass warms up
-            best = min(best, time.perf_counter() - t)
-    return flops / best / 1e9
 
 
 
@@ -153,9 +117,10 @@ def main():
         for dt in list(eng) + list(eng)[::-1]:
             e = Engine(eng[dt].model, tok, f"bench-{dt}", 8, cache=None, add_special_tokens=not tok.chat_template)
             t = time.perf_counter()
-            res[dt] = curation.rate(e, pairs, "expected")
+            probs, _ = curation.Rater("expected").probabilities(e, pairs)
+            res[dt] = curation.expected(probs).tolist()
             rt[dt] = rt.get(dt, 0.0) + time.perf_counter() - t
-        diff = max(abs(a["score"] - b["score"]) for a, b in zip(res["float32"], res["bfloat16"]))
+        diff = max(abs(a - b) for a, b in zip(res["float32"], res["bfloat16"]))
         print()
         print(f"Rating (expected, {len(pairs)} pairs, batch 8, each dtype twice, alternated): fp32 {rt['float32']:.1f} s, "
               f"bf16 {rt['bfloat16']:.1f} s ({rt['float32'] / rt['bfloat16']:.2f}x); largest |expected score "

@@ -81,10 +81,10 @@ def main():
     head = curation.fit_head(*rows["dev"], l2=l2)
     gate = {f"gate_{k}": v for k, v in curation.fit_gate(*rows["dev"]).items()}
     import os
-    import platform
 
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
+    from humpback.stage import cpu_model
+
+    cpu = cpu_model()
     print(f"\nrater {args.rater} ({args.dtype}); head L2 = {l2} (grouped 4-fold CV on dev); "
           f"CPU {cpu} x{os.cpu_count()}, load {os.getloadavg()[0]:.2f}\n")
     print("| candidate | part | spearman | auc_high_vs_low | auc_offtopic | mean score by level 1..5 |")

@@ -98,16 +98,15 @@ class Rater:
         """`[len(pairs), 5]` distribution over levels 1..5, and per-pair relevance (probe only, else None)."""
         import torch
 
+        if self.scoring == "probe":
+            feats = rater_features(engine, pairs, self.relevance_tokens)
+            return gated_probs(self.tensors, feats), [f["relevance"] for f in feats]
         head, suffixes, candidates = rater_suffixes(engine.tok, pairs)
         feats = engine.next_token_features(head, suffixes, candidates, desc="rate")
         logprobs = torch.tensor([f["logprobs"] for f in feats])
-        if self.scoring == "expected":
-            return logprobs.softmax(-1), None
         if self.scoring == "calibrated":
-            return (logprobs - self.tensors["calibration"]).softmax(-1), None
-        rel = relevance(engine, pairs, self.relevance_tokens)
-        feats = [{**f, "relevance": r} for f, r in zip(feats, rel)]
-        return gated_probs(self.tensors, feats), rel
+            logprobs = logprobs - self.tensors["calibration"]
+        return logprobs.softmax(-1), None
 
     def rate(self, engine: Engine, pairs: list[dict]) -> list[dict]:
         if self.scoring == "generate":
@@ -241,26 +240,12 @@ def rater_check_items(pairs: list[dict], part: str) -> list[dict]:
     return items
 
 
-def _ranks(xs: list[float]) -> list[float]:
-    order = sorted(range(len(xs)), key=lambda i: xs[i])
-    ranks = [0.0] * len(xs)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
-            j += 1
-        for k in range(i, j + 1):  # ties share their mean rank
-            ranks[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return ranks
-
-
 def spearman(xs: list[float], ys: list[float]) -> float:
-    rx, ry = _ranks(xs), _ranks(ys)
-    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
-    cov = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
-    var = (sum((a - mx) ** 2 for a in rx) * sum((b - my) ** 2 for b in ry)) ** 0.5
-    return cov / var if var else 0.0
+    """Rank correlation (ties share their mean rank); 0 when either side is constant."""
+    import pandas as pd
+
+    rho = pd.DataFrame({"x": xs, "y": ys}).corr(method="spearman").loc["x", "y"]
+    return 0.0 if pd.isna(rho) else float(rho)
 
 
 def auc(pos: list[float], neg: list[float]) -> float:
@@ -385,18 +370,26 @@ def fit_head(items: list[dict], feats: list[dict], l2: float = 1.0, steps: int =
     y = torch.tensor([1 if it["offtopic"] else it["level"] for it in items]) - 1
     mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
     z = (x - mean) / std
-    w = torch.zeros(z.shape[1], 5, requires_grad=True)
-    b = torch.zeros(5, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=steps, line_search_fn="strong_wolfe")
+    w, b = _minimize(lambda w, b: torch.nn.functional.cross_entropy(z @ w + b, y) + l2 * (w ** 2).sum() / len(y),
+                     torch.zeros(z.shape[1], 5), torch.zeros(5), steps=steps)
+    return {"mean": mean, "std": std, "weight": w, "bias": b}
+
+
+def _minimize(loss_fn, *init, steps: int):
+    """The parameters, from `init`, that minimize `loss_fn(*params)`, by L-BFGS."""
+    import torch
+
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
 
     def closure():
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(z @ w + b, y) + l2 * (w ** 2).sum() / len(y)
+        loss = loss_fn(*params)
         loss.backward()
         return loss
 
     opt.step(closure)
-    return {"mean": mean, "std": std, "weight": w.detach(), "bias": b.detach()}
+    return [t.detach() for t in params]
 
 
 def head_probs(head: dict, feats: list[dict]):
@@ -414,17 +407,9 @@ def fit_gate(items: list[dict], feats: list[dict], steps: int = 200) -> dict:
     x = torch.tensor([r for r, _ in on + off])
     y = torch.tensor([t for _, t in on + off])
     weight = torch.where(y > 0, len(off) / len(on), 1.0)  # balance the two classes
-    a, b = torch.ones(1, requires_grad=True), torch.zeros(1, requires_grad=True)
-    opt = torch.optim.LBFGS([a, b], max_iter=steps, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(a * x + b, y, weight=weight)
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return {"scale": a.detach(), "bias": b.detach()}
+    a, b = _minimize(lambda a, b: torch.nn.functional.binary_cross_entropy_with_logits(a * x + b, y, weight=weight),
+                     torch.ones(1), torch.zeros(1), steps=steps)
+    return {"scale": a, "bias": b}
 
 
 def gated_probs(tensors: dict, feats: list[dict]):

@@ -35,10 +35,9 @@ def _stage_name() -> str:
     return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "stage"
 
 
-def report_timing(stage: str, seconds: float, status: str = "ok") -> str:
+def report_timing(stage: str, seconds: float) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    line = (f"timings: {stage} {seconds:.1f}s (cpu: {cpu_model()} x{os.cpu_count()}, load: {load:.2f}"
-            f"{'' if status == 'ok' else ', ' + status})")
+    line = f"timings: {stage} {seconds:.1f}s (cpu: {cpu_model()} x{os.cpu_count()}, load: {load:.2f})"
     print(line, file=sys.stderr)
     try:
         os.makedirs(os.path.dirname(TIMINGS_LOG), exist_ok=True)
