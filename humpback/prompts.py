@@ -122,6 +122,45 @@ def backward_example(pair: dict, tokenizer=None, max_tokens: int | None = None) 
     return {"prompt": backward_prompt(pair["response"], tokenizer, max_tokens), "completion": pair["instruction"]}
 
 
-def forward_example(pair: dict) -> dict:
-    """Forward SFT example: predict the response from the instruction."""
-    return {"prompt": forward_prompt(pair["instruction"]), "completion": pair["response"]}
+# System-prompt tags (paper section 2.3): the fine-tune tells seed data from augmented data, and
+# inference asks for the seed style.
+TAGS = {"seed": "Answer in the style of an AI Assistant.", "augmented": "Answer with knowledge from web search."}
+ASSISTANT_TAG = TAGS["seed"]
+
+
+def _messages(instruction: str, system: str | None) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": instruction}]
+
+
+def chat_prompt(tokenizer, instruction: str, system: str | None = None) -> str:
+    """The forward prompt as text, up to where the response starts: the model's chat template when it
+    has one (the format it is used in by chat tools and inference servers), else the plain template."""
+    if tokenizer is not None and tokenizer.chat_template:
+        return tokenizer.apply_chat_template(_messages(instruction, system), add_generation_prompt=True,
+                                             tokenize=False)
+    return (f"{system}\n\n" if system else "") + forward_prompt(instruction)
+
+
+def forward_example(pair: dict, tokenizer=None, system: str | None = None) -> dict:
+    """Forward SFT example: predict the response from the instruction (and the system tag, if any).
+
+    In the chat template it is trl's conversational prompt-completion form, so trl renders it and the
+    loss covers the assistant turn, end-of-turn token included."""
+    if tokenizer is not None and tokenizer.chat_template:
+        return {"prompt": _messages(pair["instruction"], system),
+                "completion": [{"role": "assistant", "content": pair["response"]}]}
+    return {"prompt": chat_prompt(None, pair["instruction"], system), "completion": pair["response"]}
+
+
+def forward_text(pair: dict, tokenizer, system: str | None = None) -> tuple[str, str]:
+    """(prompt, completion) as text, exactly as training sees them: the completion ends with the
+    end-of-turn text of the chat template, or with the EOS token in the plain template."""
+    prompt = chat_prompt(tokenizer, pair["instruction"], system)
+    if tokenizer.chat_template:
+        full = tokenizer.apply_chat_template(
+            _messages(pair["instruction"], system) + [{"role": "assistant", "content": pair["response"]}],
+            tokenize=False)
+        if not full.startswith(prompt):
+            raise ValueError("the chat template renders the prompt differently inside the conversation")
+        return prompt, full[len(prompt):]
+    return prompt, pair["response"] + tokenizer.eos_token

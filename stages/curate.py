@@ -1,15 +1,19 @@
-"""curate: keep the rated pairs at or above curation.threshold (self-curation, part 2)."""
+"""curate: keep the rated pairs at or above curation.threshold (self-curation, part 2).
 
-from humpback import curation, formats
+`python stages/curate.py round1` curates round 1's ratings (the pairs that train M1)."""
+
+import sys
+
+from humpback import curation, formats, recipe
 from humpback.config import load_params
 from humpback.stage import run
 
 
 def main():
-    c = load_params().curation
-    rated = formats.load_json("data/curated_dataset_all_evaluated.json")
-    formats.write_json("data/curated_dataset.json", curation.curate(rated, c.threshold, c.selection, c.seed))
-    formats.write_json("metrics/curate.json", curation.curate_metrics(rated, c.threshold, c.selection, c.seed))
+    c, rnd = load_params().curation, recipe.round_arg(sys.argv)
+    rated = formats.load_json(rnd.rated)
+    formats.write_json(rnd.curated, curation.curate(rated, c.threshold, c.selection, c.seed))
+    formats.write_json(rnd.curate_metrics, curation.curate_metrics(rated, c.threshold, c.selection, c.seed))
 
 
 if __name__ == "__main__":

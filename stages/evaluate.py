@@ -1,8 +1,10 @@
-"""evaluate: held-out response NLL and perplexity of the base model and of the fine-tuned model."""
+"""evaluate: held-out response NLL of the base model and of the fine-tuned model; then both answer held-out
+instructions and a judge compares each pair of answers in both orders (win, tie and loss rates)."""
 
-from humpback import formats, models
+from humpback import formats, judge, models, prompts, recipe
 from humpback.config import load_params
 from humpback.evaluation import response_nll
+from humpback.generation import open_engine
 from humpback.stage import run
 
 
@@ -10,19 +12,35 @@ def main():
     params = load_params()
     m, e = params.model, params.evaluate
     heldout = formats.load_json("data/lima_heldout.json")
+    system = recipe.inference_system(params.finetune)  # both models get the prompt the final model is used with
     tok = models.load_tokenizer(m.base, padding_side="right")
     model = models.load_model(m.base, m.load_in_4bit, m.dtype)
-    base = response_nll(model, tok, heldout, e.batch_size, e.max_length, desc="evaluate base")
+    base = response_nll(model, tok, heldout, e.batch_size, e.max_length, desc="evaluate base", system=system)
     from peft import PeftModel
 
     final = response_nll(PeftModel.from_pretrained(model, "models/final"), tok, heldout, e.batch_size,
-                         e.max_length, desc="evaluate final")
-    formats.write_json("metrics/evaluate.json", {
-        "heldout_pairs": len(heldout),
-        "base": base,
-        "final": final,
-        "nll_delta": round(final["nll"] - base["nll"], 4),
-    })
+                         e.max_length, desc="evaluate final", system=system)
+    del model
+    metrics = {"heldout_pairs": len(heldout), "base": base, "final": final,
+               "nll_delta": round(final["nll"] - base["nll"], 4)}
+
+    judged = heldout[: e.judged]
+    if judged:
+        prompts_ = [prompts.chat_prompt(tok, x["instruction"], system) for x in judged]
+        base_engine = open_engine(m.base, m, e.batch_size, chat=True)
+        base_out = judge.respond(base_engine, prompts_, e.max_new_tokens, desc="respond base")
+        final_out = judge.respond(open_engine(m.base, m, e.batch_size, adapter="models/final", chat=True),
+                                  prompts_, e.max_new_tokens, desc="respond final")
+        ref, adapter = recipe.judge_model(params)
+        judge_engine = base_engine if (ref, adapter) == (m.base, None) else open_engine(ref, m, e.batch_size,
+                                                                                       adapter=adapter, chat=True)
+        verdicts = judge.judge_pairs(judge_engine, [x["instruction"] for x in judged], base_out, final_out)
+        formats.write_json("data/eval_samples.json", verdicts)
+        metrics.update(judge.judge_metrics(verdicts))
+        metrics["judge"] = e.judge if e.judge != "rater" else params.curation.rater
+    else:
+        formats.write_json("data/eval_samples.json", [])
+    formats.write_json("metrics/evaluate.json", metrics)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,11 @@
-"""finetune: LoRA fine-tune of the base model on the curated pairs (instruction -> response)."""
+"""finetune: LoRA fine-tune of the base model on a round's curated pairs (instruction -> response), with
+the seed pairs mixed in and system-prompt tags when configured.
 
-from humpback import HumpbackError, formats, prompts
+`python stages/finetune.py round1` trains M1, the model that re-rates under curation.iterations: 2."""
+
+import sys
+
+from humpback import HumpbackError, formats, models, prompts, recipe
 from humpback.config import load_params
 from humpback.stage import run
 from humpback.training import train_lora
@@ -8,19 +13,27 @@ from humpback.training import train_lora
 
 def main():
     params = load_params()
-    p, threshold = params.finetune, params.curation.threshold
-    curated = formats.load_json("data/curated_dataset.json")
+    p, c, rnd = params.finetune, params.curation, recipe.round_arg(sys.argv)
+    if rnd.name == "round1" and c.iterations == 1:
+        recipe.write_skipped(rnd.model, "curation.iterations is 1")
+        recipe.write_skipped(rnd.live, "curation.iterations is 1")
+        formats.write_json(rnd.finetune_metrics, {"trained": False})
+        return
+    curated = formats.load_json(rnd.curated)
     if len(curated) < max(p.min_pairs, 1):
         raise HumpbackError(
-            f"data/curated_dataset.json has {len(curated)} pairs at curation.threshold={threshold}, "
-            f"fewer than finetune.min_pairs={p.min_pairs}: lower the threshold (dvc exp run -S curation.threshold=3) "
+            f"{rnd.curated} has {len(curated)} pairs at curation.threshold={c.threshold}, fewer than "
+            f"finetune.min_pairs={p.min_pairs}: lower the threshold (dvc exp run -S curation.threshold=3) "
             f"or finetune.min_pairs"
         )
-    train = [prompts.forward_example(x) for x in curated]
+    tok = models.load_tokenizer(params.model.base)
+    train = recipe.finetune_examples(curated, formats.load_json(recipe.SEED_PAIRS), tok, p)
     # Eval loss on held-out LIMA pairs: never augmented, so it measures generalisation.
-    eval = [prompts.forward_example(x) for x in formats.load_json("data/lima_heldout.json")[: p.eval_size]]
-    metrics = train_lora(params.model, p, train, eval, "models/final", "dvclive/finetune", "finetune")
-    formats.write_json("metrics/finetune.json", {"threshold": threshold, **metrics})
+    eval = [prompts.forward_example(x, tok, recipe.inference_system(p))
+            for x in formats.load_json("data/lima_heldout.json")[: p.eval_size]]
+    metrics = train_lora(params.model, p, train, eval, rnd.model, rnd.live, "finetune")
+    formats.write_json(rnd.finetune_metrics, {"trained": True, "threshold": c.threshold, "curated_pairs": len(curated),
+                                              "seed_pairs": len(train) - len(curated), **metrics})
 
 
 if __name__ == "__main__":

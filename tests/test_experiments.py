@@ -15,8 +15,8 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rater_check", "rate", "curate", "finetune", "evaluate", "report"]
-AFTER_RATE = ["curate", "finetune", "evaluate", "report"]
+STAGES = tiny.STAGES
+AFTER_RATE = tiny.AFTER_RATE
 
 
 def load(ws, rel):
@@ -97,7 +97,7 @@ def test_threshold_experiment_reruns_only_curation_onwards_and_compares(ws, scor
     kept = kept_at(scores, threshold)
     proc = tiny.run(["dvc", "exp", "run", "-n", "thr-median", "-S", f"curation.threshold={threshold}"], ws, env=env)
     assert tiny.ran_stages(proc.stdout) == AFTER_RATE
-    for stage in ("prepare", "inverse_sft", "self_augment", "rate"):
+    for stage in ("prepare", "inverse_sft", "self_augment", "filter", "seed_sft", "rater_check", "rate", "rerate"):
         assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
     assert "Ran experiment(s): thr-median" in proc.stdout
     assert load(ws, "metrics/curate.json")["kept"] == kept == len(load(ws, "data/curated_dataset.json"))
@@ -158,7 +158,7 @@ def test_a_threshold_that_keeps_nothing_fails_in_one_line(ws, env):
     proc = tiny.run(["dvc", "exp", "run", "-S", "curation.threshold=6"], ws, check=False, env=env)
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0
-    assert tiny.ran_stages(proc.stdout) == ["curate", "finetune"]
+    assert tiny.ran_stages(proc.stdout) == ["curate_round1", "finetune_round1", "curate", "finetune"]
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and errors[0].startswith(
         "error: data/curated_dataset.json has 0 pairs at curation.threshold=6,"), proc.stderr

@@ -8,7 +8,7 @@ import yaml
 
 import tiny
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rater_check", "rate", "curate", "finetune", "evaluate", "report"]
+STAGES = tiny.STAGES
 
 
 def load(ws, rel):
@@ -58,13 +58,17 @@ def test_every_output_has_its_schema_and_counts(workspace):
     by_id = {r["id"]: r for r in unlabelled}
     assert all(a["response"] == by_id[a["id"]]["response"] for a in aug)  # never a held-out pair
 
+    filtered, counts = load(ws, "data/self_augmented_filtered.json"), load(ws, "metrics/filter.json")
+    assert counts["generated"] == 12 == counts["kept"] + sum(counts["dropped"].values())
+    assert counts["kept"] == len(filtered) and {a["id"] for a in filtered} <= {a["id"] for a in aug}
     rated = load(ws, "data/curated_dataset_all_evaluated.json")
-    assert [r["id"] for r in rated] == [a["id"] for a in aug]
+    assert rated == load(ws, "data/rated_round1.json")  # curation.iterations: 1
+    assert [r["id"] for r in rated] == [a["id"] for a in filtered]
     assert all({"score", "rater_output", "reasoning"} <= set(r) for r in rated)
     assert all(r["score"] is None or 1 <= r["score"] <= 5 for r in rated)
     rate = load(ws, "metrics/rate.json")
-    assert rate["rated"] == 12 == rate["scored"] + rate["unparsable"]
-    assert sum(h["count"] for h in load(ws, "plots/score_histogram.json")) == 12
+    assert rate["rated"] == len(filtered) == rate["scored"] + rate["unparsable"]
+    assert sum(h["count"] for h in load(ws, "plots/score_histogram.json")) == len(filtered)
 
     curated = load(ws, "data/curated_dataset.json")
     assert len(curated) == load(ws, "metrics/curate.json")["kept"] == sum(r["score"] >= 1 for r in rated)
@@ -75,7 +79,14 @@ def test_every_output_has_its_schema_and_counts(workspace):
         assert os.path.exists(os.path.join(ws, d, "tokenizer.json"))
     for run in ("inverse_sft", "finetune"):
         assert os.path.exists(os.path.join(ws, f"dvclive/{run}/plots/metrics/train/loss.tsv"))
+    for d in ("models/seed", "models/round1"):  # rater: a reference, iterations: 1
+        assert os.listdir(os.path.join(ws, d)) == ["SKIPPED.md"]
     ev = load(ws, "metrics/evaluate.json")
+    samples = load(ws, "data/eval_samples.json")
+    assert ev["judged"] == len(samples) == 4
+    assert ev["win_rate"] + ev["tie_rate"] + ev["loss_rate"] == pytest.approx(1)
+    assert [s["instruction"] for s in samples] == [x["instruction"] for x in load(ws, "data/lima_heldout.json")[:4]]
+    assert all(s["verdict"] in ("win", "tie", "loss") and s["base"] is not None for s in samples)
     assert ev["heldout_pairs"] == 8
     assert ev["base"]["nll"] > 0 and ev["final"]["nll"] > 0
     assert ev["nll_delta"] == pytest.approx(ev["final"]["nll"] - ev["base"]["nll"], abs=1e-3)
@@ -87,7 +98,7 @@ def test_threshold_change_reruns_only_curation_and_after(workspace):
     threshold = scores[len(scores) // 2]  # the median: keeps about half, a different set than before
     set_param(ws, "curation.threshold", threshold)
     proc = tiny.run(["dvc", "repro"], ws)
-    assert tiny.ran_stages(proc.stdout) == ["curate", "finetune", "evaluate", "report"]
+    assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE
     assert load(ws, "metrics/curate.json")["kept"] == sum(s >= threshold for s in scores) < len(scores)
     assert tiny.run(["dvc", "status"], ws).stdout.strip() == "Data and pipelines are up to date."
 
@@ -99,3 +110,44 @@ def test_empty_curated_set_fails_with_a_clear_message(workspace):
     assert proc.returncode != 0
     assert "error: data/curated_dataset.json has 0 pairs at curation.threshold=6" in proc.stderr + proc.stdout
     assert "Traceback" not in proc.stderr + proc.stdout
+
+
+@pytest.fixture(scope="module")
+def full_recipe(tmp_path_factory, repo_root, tiny_model):
+    """Every part of the recipe on: M0 rates, two iterations, seed mix with tags."""
+    ws = tiny.make_workspace(str(tmp_path_factory.mktemp("ws-full")), repo_root, tiny_model, **{
+        "curation.rater": "self", "curation.iterations": 2, "finetune.mix_seed": True, "finetune.tags": True,
+        "finetune.seed_pairs": 4})
+    proc = tiny.run(["dvc", "repro"], ws)
+    assert tiny.ran_stages(proc.stdout) == tiny.STAGES
+    return ws
+
+
+def test_full_recipe_trains_m0_and_m1_and_rates_twice(full_recipe):
+    ws = full_recipe
+    for d in ("models/seed", "models/round1", "models/final"):
+        assert os.path.exists(os.path.join(ws, d, "adapter_model.safetensors")), d
+    assert load(ws, "metrics/seed_sft.json")["trained"] and load(ws, "metrics/finetune_round1.json")["trained"]
+    assert load(ws, "metrics/rater_check.json")["rater"] == "self"
+    rerate = load(ws, "metrics/rerate.json")
+    assert rerate["iterations"] == 2 and rerate["rater_check"]["pairs"] > 0
+    filtered = load(ws, "data/self_augmented_filtered.json")
+    assert [r["id"] for r in load(ws, "data/curated_dataset_all_evaluated.json")] == [r["id"] for r in filtered]
+    # the round-2 ratings come from M1, not copied from round 1's: M1's probe/expected scores differ
+    round1 = load(ws, "data/rated_round1.json")
+    final = load(ws, "data/curated_dataset_all_evaluated.json")
+    assert [r["probabilities"] for r in round1] != [r["probabilities"] for r in final]
+    ft = load(ws, "metrics/finetune.json")
+    assert ft["seed_pairs"] == 4 and ft["train_examples"] == ft["curated_pairs"] + 4
+    assert ft["curated_pairs"] == len(load(ws, "data/curated_dataset.json"))
+
+
+def test_threshold_change_with_iterations_reruns_only_after_the_ratings(full_recipe):
+    ws = full_recipe
+    scores = sorted(r["score"] for r in load(ws, "data/rated_round1.json"))
+    set_param(ws, "curation.threshold", scores[len(scores) // 2])
+    proc = tiny.run(["dvc", "repro"], ws)
+    assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE_ITERATED
+    for stage in ("filter", "seed_sft", "rater_check", "rate"):
+        assert f"Stage '{stage}' didn't change, skipping" in proc.stdout
+    assert tiny.run(["dvc", "status"], ws).stdout.strip() == "Data and pipelines are up to date."

@@ -19,15 +19,23 @@ import tiny
 
 pytestmark = pytest.mark.slow
 
-STAGES = ["prepare", "inverse_sft", "self_augment", "rater_check", "rate", "curate", "finetune", "evaluate", "report"]
+STAGES = tiny.STAGES
 BUCKET = "humpback-dvc"
 PREFIX = "cache/"  # s3://humpback-dvc/cache in .dvc/config
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing"}
-# Every DVC-cached out of the pipeline: the five JSON datasets, the held-out split, both adapters, the report.
+# Every DVC-cached out of the pipeline: datasets, adapters (or their "not trained" notes), the rater, the report.
 OUTS = [
     "data/guanaco_inverse.json",
     "data/lima_single_turn.json",
     "data/self_augmented.json",
+    "data/self_augmented_filtered.json",
+    "data/rater_check_scored.json",
+    "data/rated_round1.json",
+    "data/curated_round1.json",
+    "data/eval_samples.json",
+    "models/seed",
+    "models/rater",
+    "models/round1",
     "data/curated_dataset_all_evaluated.json",
     "data/curated_dataset.json",
     "data/lima_heldout.json",

@@ -6,6 +6,14 @@ import glob
 import json
 import os
 
+# The stages of dvc.yaml in the order `dvc repro` runs them, and those a threshold change reruns
+# (with curation.iterations: 1, finetune_round1 reruns but writes the same "not trained" out, so rerate
+# does not; with 2, M1 changes and rerate follows).
+STAGES = ["prepare", "inverse_sft", "self_augment", "filter", "seed_sft", "rater_check", "rate", "curate_round1",
+          "finetune_round1", "rerate", "curate", "finetune", "evaluate", "report"]
+AFTER_RATE = ["curate_round1", "finetune_round1", "curate", "finetune", "evaluate", "report"]
+AFTER_RATE_ITERATED = ["curate_round1", "finetune_round1", "rerate", "curate", "finetune", "evaluate", "report"]
+
 CHATML = (
     "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"
     "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
@@ -71,9 +79,12 @@ TINY_PARAMS = {
     "augment": {"num_samples": 12, "batch_size": 4, "max_new_tokens": 8},
     # expected: the probe fit on a random model rates everything alike; the tests need varied ratings
     "curation": {"batch_size": 4, "threshold": 1, "max_new_tokens": 8, "scoring": "expected"},
+    "filter": {"min_words": 1},  # a random model's instructions: keep them unless duplicated or copied
+    "seed_sft": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "eval_size": 4,
+                 "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
     "finetune": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "eval_size": 4,
                  "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
-    "evaluate": {"batch_size": 4, "max_length": 128},
+    "evaluate": {"batch_size": 4, "max_length": 128, "judged": 4, "max_new_tokens": 8},
 }
 
 

@@ -1,0 +1,101 @@
+"""The full recipe's parts that several stages share: which model rates and judges, the paths of each
+self-curation round, and what the fine-tune trains on (seed mix, tags).
+
+The paper's order (section 2.2): the seed model M0 rates the augmented pairs; the curated pairs train M1;
+with a second iteration M1 rates them again, and the pairs it keeps train the final model.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+
+from . import formats, prompts
+from .config import FinetuneParams, Params
+
+SEED_MODEL = "models/seed"  # M0: the base model fine-tuned on the seed pairs (seed_sft)
+SEED_PAIRS = "data/guanaco_inverse.json"  # the seed pairs, (instruction, response)
+SKIPPED = "SKIPPED.md"
+
+
+@dataclass(frozen=True)
+class Round:
+    """The files of one self-curation round. `final` is the last round, whatever curation.iterations is."""
+
+    name: str
+    rated: str
+    curated: str
+    model: str
+    live: str
+    curate_metrics: str
+    finetune_metrics: str
+
+
+ROUNDS = {
+    "round1": Round("round1", "data/rated_round1.json", "data/curated_round1.json", "models/round1",
+                    "dvclive/finetune_round1", "metrics/curate_round1.json", "metrics/finetune_round1.json"),
+    "final": Round("final", "data/curated_dataset_all_evaluated.json", "data/curated_dataset.json", "models/final",
+                   "dvclive/finetune", "metrics/curate.json", "metrics/finetune.json"),
+}
+
+
+def round_arg(argv: list[str]) -> Round:
+    """The round a curate or finetune stage runs: `round1`, or the final round by default."""
+    name = argv[1] if len(argv) > 1 else "final"
+    if name not in ROUNDS:
+        from . import HumpbackError
+
+        raise HumpbackError(f"unknown round {name!r}; known: {', '.join(ROUNDS)}")
+    return ROUNDS[name]
+
+
+def model_of(ref: str, params: Params) -> tuple[str, str | None]:
+    """(base reference, LoRA adapter or None) for a rater or judge reference: `self` is M0."""
+    if ref == "self":
+        return params.model.base, SEED_MODEL
+    return ref, None
+
+
+def rater_model(params: Params) -> tuple[str, str | None]:
+    return model_of(params.curation.rater, params)
+
+
+def judge_model(params: Params) -> tuple[str, str | None]:
+    ref = params.evaluate.judge
+    return rater_model(params) if ref == "rater" else model_of(ref, params)
+
+
+def seed_model_needed(params: Params) -> bool:
+    judge = params.curation.rater if params.evaluate.judge == "rater" else params.evaluate.judge
+    return "self" in (params.curation.rater, judge)
+
+
+def write_skipped(out_dir: str, why: str) -> None:
+    """An out that this configuration does not compute: a directory that says why (DVC needs the out)."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.makedirs(out_dir)
+    with open(os.path.join(out_dir, SKIPPED), "w", encoding="utf-8") as f:
+        f.write(f"Not computed: {why}\n")
+
+
+def is_skipped(out_dir: str) -> bool:
+    return os.path.exists(os.path.join(out_dir, SKIPPED))
+
+
+def inference_system(p: FinetuneParams) -> str | None:
+    """The system prompt the fine-tuned model is used (and evaluated) with: the seed-style tag."""
+    return prompts.ASSISTANT_TAG if p.tags else None
+
+
+def finetune_examples(curated: list[dict], seed_pairs: list[dict], tokenizer, p: FinetuneParams) -> list[dict]:
+    """Training examples of the forward fine-tune: the curated augmented pairs, plus with `mix_seed`
+    up to `seed_pairs` seed pairs (all when 0); with `tags`, each source gets its system prompt."""
+    def tag(source):
+        return prompts.TAGS[source] if p.tags else None
+
+    examples = [prompts.forward_example(x, tokenizer, tag("augmented")) for x in curated]
+    if p.mix_seed:
+        chosen = formats.shuffled(seed_pairs, p.seed)[: p.seed_pairs or None]
+        examples = [prompts.forward_example(x, tokenizer, tag("seed")) for x in chosen] + examples
+    return examples

@@ -1,0 +1,31 @@
+"""rerate: under curation.iterations: 2, the round-1 model M1 rates the pairs again (the paper's second
+iteration of self-curation): its scoring is fit and checked on the rater check as M0's was. With
+iterations: 1, round 1's ratings are the final ones."""
+
+import shutil
+
+from humpback import curation, formats, recipe
+from humpback.config import load_params
+from humpback.generation import open_engine
+from humpback.stage import run
+
+
+def main():
+    params = load_params()
+    c = params.curation
+    round1, final = recipe.ROUNDS["round1"], recipe.ROUNDS["final"]
+    if c.iterations == 1:
+        shutil.copyfile(round1.rated, final.rated)
+        formats.write_json("metrics/rerate.json", {"iterations": 1, **curation.rate_metrics(formats.load_json(final.rated))})
+        return
+    engine = open_engine(params.model.base, params.model, c.batch_size, adapter=round1.model, chat=True)
+    rater, _, check = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
+    rated = rater.rate(engine, formats.load_json("data/self_augmented_filtered.json"))
+    formats.write_json(final.rated, rated)
+    formats.write_json("metrics/rerate.json", {"iterations": 2, **curation.rate_metrics(rated),
+                                               "rater_check": check})
+    engine.report("rerate")
+
+
+if __name__ == "__main__":
+    run(main)

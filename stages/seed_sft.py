@@ -1,0 +1,27 @@
+"""seed_sft: fine-tune the base model on the seed pairs (instruction -> response): the seed model M0, which
+rates the augmented pairs under curation.rater: self, as in the paper."""
+
+from humpback import formats, models, prompts, recipe
+from humpback.config import load_params
+from humpback.stage import run
+from humpback.training import train_lora
+
+
+def main():
+    params = load_params()
+    p = params.seed_sft
+    if not recipe.seed_model_needed(params):
+        why = "neither curation.rater nor evaluate.judge is `self`"
+        recipe.write_skipped(recipe.SEED_MODEL, why)
+        recipe.write_skipped("dvclive/seed_sft", why)
+        formats.write_json("metrics/seed_sft.json", {"trained": False})
+        return
+    tok = models.load_tokenizer(params.model.base)
+    examples = [prompts.forward_example(x, tok) for x in formats.load_json(recipe.SEED_PAIRS)]
+    train, eval = examples[p.eval_size :], examples[: p.eval_size]
+    metrics = train_lora(params.model, p, train, eval, recipe.SEED_MODEL, "dvclive/seed_sft", "seed_sft")
+    formats.write_json("metrics/seed_sft.json", {"trained": True, **metrics})
+
+
+if __name__ == "__main__":
+    run(main)
