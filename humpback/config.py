@@ -103,7 +103,8 @@ class CurationParams:
 class EvaluateParams:
     batch_size: int = 8
     max_length: int = 512
-    judge: str = "rater"  # a model reference, or rater: curation.rater's model
+    judge: str = "rater"  # rater: the fitted rater scores each answer; a model reference or self: a pairwise judge
+    tie_margin: float = 0.25  # judge: rater: expected scores closer than this are a tie
     judged: int = 30  # held-out instructions answered by both models and judged (0: none)
     max_new_tokens: int = 96  # response length for judging
 

@@ -16,6 +16,16 @@ preference that holds in both:
 
 Probabilities are rounded to 3 decimals and the verdict is decided on the rounded values, so the
 records are the same file on any machine (up to values within 0.0005 of a rounding boundary).
+
+Measured (benchmarks/judge_check.py): with SmolLM2-135M-Instruct as the judge, on held-out pairs of a
+reference response against an off-topic, truncated or refusal response, the judge is at chance
+(single-order accuracy 38-50%, mean P(good) 0.49-0.51) and most verdicts are ties; a win rate from
+this judge measures nothing until the judge is a larger model.
+
+So the default judge (`evaluate.judge: rater`) is the rater as fit and measured by the rater check
+(`models/rater`): it scores each answer on the rubric's scale on its own, and the final model wins an
+item when its answer's expected score is higher by at least `margin` (`judge_by_rater`). Scoring each
+answer alone has no order to be biased by. A model reference (or `self`) selects the pairwise judge.
 """
 
 from __future__ import annotations
@@ -72,7 +82,8 @@ def answer_candidates(tokenizer, lead: str = ANSWER_LEAD, answers: tuple[str, ..
     raise ValueError(f"the judge's tokenizer has no single token for each answer {', '.join(answers)}")
 
 
-def judge_prompts(tokenizer, instructions: list[str], firsts: list[str], seconds: list[str]) -> tuple[str, list[str], list[int]]:
+def judge_prompts(tokenizer, instructions: list[str], firsts: list[str],
+                  seconds: list[str]) -> tuple[str, list[str], list[int]]:
     """(shared prefix, per-item suffixes ending right before the answer digit, the answer token ids)."""
     head, tail = judge_prompt_parts(tokenizer)
     joiner, candidates = answer_candidates(tokenizer)
@@ -84,7 +95,8 @@ def prefer_first(engine: Engine, instructions: list[str], firsts: list[str], sec
                  desc: str = "judge") -> list[float]:
     """P(Response 1 is better) for each item, normalised over the two answer tokens (one forward pass each)."""
     tok = engine.tok
-    if tok.chat_template and engine.add_special_tokens and tok("x")["input_ids"] != tok("x", add_special_tokens=False)["input_ids"]:
+    adds_special = tok("x")["input_ids"] != tok("x", add_special_tokens=False)["input_ids"]
+    if tok.chat_template and engine.add_special_tokens and adds_special:
         raise ValueError("the judge prompt is in the chat template, which holds its own special tokens: "
                          "open the judge's engine with chat=True")
     head, suffixes, candidates = judge_prompts(tok, instructions, firsts, seconds)
@@ -131,6 +143,28 @@ def judge_pairs(engine: Engine, instructions: list[str], base_responses: list[st
         records.append({"instruction": instruction, "base": b, "final": f,
                         "p_final_first": p_a, "p_final_second": p_b, "verdict": verdict(p_a, p_b)})
     return records
+
+
+def verdict_by_scores(score_base: float | None, score_final: float | None, margin: float) -> str:
+    if score_base is None or score_final is None:  # a generate-mode rater wrote no score
+        return "tie"
+    diff = score_final - score_base
+    return "win" if diff >= margin else "loss" if diff <= -margin else "tie"
+
+
+def judge_by_rater(rater, engine: Engine, instructions: list[str], base_responses: list[str],
+                   final_responses: list[str], margin: float) -> list[dict]:
+    """Judge with the fitted rubric rater (`curation.Rater`): each answer gets its expected score 1-5, and
+    the final model wins (loses) an item when its score is higher (lower) by at least `margin`."""
+    if not len(instructions) == len(base_responses) == len(final_responses):
+        raise ValueError("judge_by_rater needs as many base and final responses as instructions")
+    pairs = [{"instruction": i, "response": r} for i, r in zip(instructions + instructions,
+                                                               base_responses + final_responses)]
+    scores = [r["score_expected"] for r in rater.rate(engine, pairs)]
+    n = len(instructions)
+    return [{"instruction": ins, "base": b, "final": f, "score_base": sb, "score_final": sf,
+             "verdict": "tie" if same_text(b, f) else verdict_by_scores(sb, sf, margin)}
+            for ins, b, f, sb, sf in zip(instructions, base_responses, final_responses, scores[:n], scores[n:])]
 
 
 def judge_metrics(verdicts: list) -> dict:

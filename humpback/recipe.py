@@ -62,13 +62,14 @@ def rater_model(params: Params) -> tuple[str, str | None]:
 
 
 def judge_model(params: Params) -> tuple[str, str | None]:
+    """The judge's model: the rater's under `evaluate.judge: rater` (the fitted rater scores each answer),
+    else the pairwise judge's."""
     ref = params.evaluate.judge
     return rater_model(params) if ref == "rater" else model_of(ref, params)
 
 
 def seed_model_needed(params: Params) -> bool:
-    judge = params.curation.rater if params.evaluate.judge == "rater" else params.evaluate.judge
-    return "self" in (params.curation.rater, judge)
+    return "self" in (params.curation.rater, params.evaluate.judge)
 
 
 def write_skipped(out_dir: str, why: str) -> None:

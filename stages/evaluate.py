@@ -1,7 +1,8 @@
 """evaluate: held-out response NLL of the base model and of the fine-tuned model; then both answer held-out
-instructions and a judge compares each pair of answers in both orders (win, tie and loss rates)."""
+instructions, and a judge compares their answers (win, tie and loss rates): the fitted rater scoring each
+answer (evaluate.judge: rater), or a pairwise judge model in both orders."""
 
-from humpback import formats, judge, models, prompts, recipe
+from humpback import curation, formats, judge, models, prompts, recipe
 from humpback.config import load_params
 from humpback.evaluation import response_nll
 from humpback.generation import open_engine
@@ -34,10 +35,15 @@ def main():
         ref, adapter = recipe.judge_model(params)
         judge_engine = base_engine if (ref, adapter) == (m.base, None) else open_engine(ref, m, e.batch_size,
                                                                                        adapter=adapter, chat=True)
-        verdicts = judge.judge_pairs(judge_engine, [x["instruction"] for x in judged], base_out, final_out)
+        instructions = [x["instruction"] for x in judged]
+        if e.judge == "rater":  # the rater as fit and measured by rater_check scores each answer
+            rater = curation.Rater.load("models/rater")
+            verdicts = judge.judge_by_rater(rater, judge_engine, instructions, base_out, final_out, e.tie_margin)
+        else:  # a pairwise judge, in both orders
+            verdicts = judge.judge_pairs(judge_engine, instructions, base_out, final_out)
         formats.write_json("data/eval_samples.json", verdicts)
         metrics.update(judge.judge_metrics(verdicts))
-        metrics["judge"] = e.judge if e.judge != "rater" else params.curation.rater
+        metrics["judge"] = e.judge
     else:
         formats.write_json("data/eval_samples.json", [])
     formats.write_json("metrics/evaluate.json", metrics)

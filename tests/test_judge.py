@@ -201,3 +201,30 @@ def test_respond_is_greedy_generation_of_the_full_prompts(model, tiny_tokenizer)
     out = judge.respond(new_engine(model, tiny_tokenizer), prompts, max_new_tokens=8)
     whole = new_engine(model, tiny_tokenizer).generate("", prompts, judge.Decoding(max_new_tokens=8))
     assert out == whole and len(out) == 4 and any(out)
+
+
+def test_rater_judge_compares_expected_scores_with_a_margin(tiny_model):
+    """judge: rater scores each answer alone with the fitted rater; swapping base and final swaps win and
+    loss; identical answers and answers within the margin are ties."""
+    from humpback import curation
+    from humpback.config import ModelParams
+    from humpback.generation import open_engine
+
+    engine = open_engine(tiny_model, ModelParams(), 4, chat=True)
+    rater = curation.Rater("expected")
+    ins = [f"Say something about topic {i}." for i in range(8)]
+    a = [f"Topic {i} is about numbers {i} {i + 1}." for i in range(8)]
+    b = [f"Nothing to see here {i * 7}." for i in range(8)]
+    b[3] = a[3]
+    records = judge.judge_by_rater(rater, engine, ins, a, b, margin=0.01)
+    swapped = judge.judge_by_rater(rater, engine, ins, b, a, margin=0.01)
+    flip = {"win": "loss", "loss": "win", "tie": "tie"}
+    assert [flip[r["verdict"]] for r in records] == [r["verdict"] for r in swapped]
+    assert records[3]["verdict"] == "tie"
+    for r in records:
+        diff = r["score_final"] - r["score_base"]
+        assert r["verdict"] == ("win" if diff >= 0.01 else "loss" if diff <= -0.01 else "tie") or r is records[3]
+    assert {r["verdict"] for r in records} - {"tie"}, "the tiny rater should separate some answers"
+    wide = judge.judge_by_rater(rater, engine, ins, a, b, margin=5.0)
+    assert {r["verdict"] for r in wide} == {"tie"}
+    assert judge.verdict_by_scores(None, 4.0, 0.1) == "tie"
