@@ -41,7 +41,7 @@ ARTIFACTS = (
     Artifact("final", "model", "finetune", ("models/final",), ("model", "curation", "finetune", "evaluate"),
              ("curate.json", "finetune.json", "evaluate.json")),
     Artifact("curated", "dataset", "curate", ("data/curated_dataset.json", "data/curated_dataset_all_evaluated.json"),
-             ("data", "augment", "curation"), ("self_augment.json", "rate.json", "curate.json")),
+             ("data", "augment", "filter", "curation"), ("self_augment.json", "filter.json", "rate.json", "curate.json")),
 )
 
 
@@ -68,7 +68,8 @@ def lock_outs(project: str, artifact: Artifact) -> dict[str, dict]:
             lock = yaml.safe_load(f) or {}
     except FileNotFoundError:
         return {}
-    outs = (lock.get("stages") or {}).get(artifact.stage, {}).get("outs") or []
+    # every stage: a dataset's files can come from different stages (rerate writes the final ratings)
+    outs = [o for stage in (lock.get("stages") or {}).values() for o in stage.get("outs") or []]
     return {o["path"]: o for o in outs if o.get("path") in artifact.paths}
 
 

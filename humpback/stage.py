@@ -32,7 +32,8 @@ def cpu_model() -> str:
 
 
 def _stage_name() -> str:
-    return os.path.splitext(os.path.basename(sys.argv[0]))[0] or "stage"
+    name = os.path.splitext(os.path.basename(sys.argv[0]))[0] or "stage"
+    return "_".join([name, *sys.argv[1:2]])  # `finetune.py round1` is the finetune_round1 stage
 
 
 def report_timing(stage: str, seconds: float) -> str:

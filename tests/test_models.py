@@ -101,7 +101,14 @@ def test_reference_gpu_profile_is_valid_and_uses_qlora(repo_root):
 
     p = load_params(f"{repo_root}/profiles/llama2-7b-qlora.yaml")
     assert p.model.load_in_4bit and p.model.base == "meta-llama/Llama-2-7b-hf"
-    assert p.curation.rater == "meta-llama/Llama-2-7b-chat-hf" and p.data.source == "hub"
+    assert p.curation.rater == "self" and p.curation.iterations == 2 and p.data.source == "hub"
+    assert p.evaluate.judge == "meta-llama/Llama-2-7b-chat-hf" and p.finetune.tags and p.finetune.mix_seed
+    # every key of the default params.yaml is there: dvc.yaml's params deps must all resolve
+    import yaml
+
+    default = yaml.safe_load(open(f"{repo_root}/params.yaml"))
+    profile = yaml.safe_load(open(f"{repo_root}/profiles/llama2-7b-qlora.yaml"))
+    assert {s: sorted(v) for s, v in profile.items()} == {s: sorted(v) for s, v in default.items()}
 
 
 def test_unknown_param_is_a_one_line_error(tmp_path):

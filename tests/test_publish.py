@@ -67,7 +67,7 @@ def project(tmp_path, repo_root):
                 "outs": [{"path": path, "hash": "md5", "md5": LOCK_MD5[path], "size": 1234} for path in paths]}
         for stage, paths in (("inverse_sft", ["models/backward"]), ("finetune", ["models/final"]),
                              ("curate", ["data/curated_dataset.json"]),
-                             ("rate", ["data/curated_dataset_all_evaluated.json"]))}}
+                             ("rerate", ["data/curated_dataset_all_evaluated.json"]))}}
     write(p / "dvc.lock", yaml.safe_dump(lock))
     write(p / ".gitignore", "/models\n/data\n")
     git(p, "init", "-q")
@@ -115,6 +115,8 @@ def test_cards_carry_revision_params_metrics_and_lock_md5(project):
     assert f"md5 `{LOCK_MD5['models/backward']}`" in cards["backward"]
     assert f"md5 `{LOCK_MD5['models/final']}`" in cards["final"]
     assert f"md5 `{LOCK_MD5['data/curated_dataset.json']}`" in cards["curated"]
+    # the curated dataset's other file is an out of another stage (rerate); the card finds it too
+    assert f"md5 `{LOCK_MD5['data/curated_dataset_all_evaluated.json']}`" in cards["curated"]
 
     # the params sections of each artifact, as in params.yaml
     params = yaml.safe_load((project / "params.yaml").read_text())

@@ -78,11 +78,12 @@ TINY_PARAMS = {
                     "eval_size": 4, "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
     "augment": {"num_samples": 12, "batch_size": 4, "max_new_tokens": 8},
     # expected: the probe fit on a random model rates everything alike; the tests need varied ratings
-    "curation": {"batch_size": 4, "threshold": 1, "max_new_tokens": 8, "scoring": "expected"},
+    "curation": {"batch_size": 4, "threshold": 1, "max_new_tokens": 8, "scoring": "expected", "iterations": 1},
     "filter": {"min_words": 1},  # a random model's instructions: keep them unless duplicated or copied
     "seed_sft": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 128, "eval_size": 4,
                  "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
-    "finetune": {"max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "eval_size": 4,
+    # one round without seed mix: the quickest; tests/test_pipeline.py's full_recipe turns every part on
+    "finetune": {"mix_seed": False, "max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "eval_size": 4,
                  "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
     "evaluate": {"batch_size": 4, "max_length": 128, "judged": 4, "max_new_tokens": 8},
 }
