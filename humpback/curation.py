@@ -14,16 +14,22 @@ SCORE_LEAD = "Score:"
 SENTINEL = "\x00PAIR\x00"
 
 
+def chat_parts(tokenizer, fixed: str, plain_tail: str) -> tuple[str, str]:
+    """(head, tail) of a one-message user turn that opens with `fixed` text, for prompts built as
+    `head + item + tail`: the head is the same for every item (its KV cache is shared). In the chat format
+    the tail closes the user turn and opens the assistant's; without a chat template it is `plain_tail`."""
+    if not tokenizer.chat_template:
+        return fixed, plain_tail
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": fixed + SENTINEL}], add_generation_prompt=True, tokenize=False
+    )
+    head, tail = text.split(SENTINEL)
+    return head, tail
+
+
 def rater_prompt_parts(tokenizer, scoring: str) -> tuple[str, str]:
     """(shared prefix, per-pair template with `{pair}`) for the rater, in its chat format if it has one."""
-    prefix = prompts.rater_prefix()
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prefix + SENTINEL}], add_generation_prompt=True, tokenize=False
-        )
-        head, tail = text.split(SENTINEL)
-    else:
-        head, tail = prefix, "\n"
+    head, tail = chat_parts(tokenizer, prompts.rater_prefix(), "\n")
     tail = tail.replace("{", "{{").replace("}", "}}")
     return head, "{pair}" + tail + (SCORE_LEAD if scoring == "expected" else "")
 

@@ -32,11 +32,11 @@ from __future__ import annotations
 
 import os
 
+from .curation import chat_parts
 from .generation import Decoding, Engine
 
 ANSWERS = ("1", "2")  # digits: tokenizers split digits into single tokens (Llama, SmolLM2, the tiny test one)
 ANSWER_LEAD = "Better response:"
-SENTINEL = "\x00ITEM\x00"
 
 JUDGE_INSTRUCTIONS = """You compare two responses written by AI assistants to the same user instruction. Decide which response follows the instruction better, as a helpful AI assistant should: it does what was asked, its content is correct and on-topic, and it is complete and clear. Judge the content only: the order in which the responses are shown does not matter, and a longer response is not better for being longer.
 
@@ -54,13 +54,7 @@ def judge_item(instruction: str, first: str, second: str) -> str:
 def judge_prompt_parts(tokenizer) -> tuple[str, str]:
     """(shared prefix, tail): a prompt is `prefix + judge_item(...) + tail`, in the judge's chat format if
     it has one. The tail closes the user turn, opens the assistant's and ends with the answer lead."""
-    if tokenizer.chat_template:
-        text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": JUDGE_INSTRUCTIONS + SENTINEL}], add_generation_prompt=True, tokenize=False
-        )
-        head, tail = text.split(SENTINEL)
-    else:
-        head, tail = JUDGE_INSTRUCTIONS, "\n\n"
+    head, tail = chat_parts(tokenizer, JUDGE_INSTRUCTIONS, "\n\n")
     return head, tail + ANSWER_LEAD
 
 
