@@ -3,6 +3,7 @@
   humpback plots show|diff [DVC ARGS]    `dvc plots` with Vega inlined, so the page renders offline
   humpback plots template                print the path of that offline HTML template
   humpback publish --namespace NS        upload the two models and the curated dataset to the Hub
+  humpback launch [ACCELERATE ARGS] SCRIPT [ARGS]   `accelerate launch` a stage (dvc.yaml's commands)
 """
 
 from __future__ import annotations
@@ -43,6 +44,11 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["launch"]:  # all of accelerate's own arguments, parsed by accelerate
+        from . import launch
+
+        sys.exit(launch.main(argv[1:]))
     args = parser().parse_args(argv)
     if args.command == "plots":
         from . import plots

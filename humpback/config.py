@@ -110,6 +110,14 @@ class EvaluateParams:
 
 
 @dataclass
+class LaunchParams:
+    """How stages run, not what they compute (dvc.yaml interpolates these into the stage commands)."""
+    num_processes: int = 1  # processes `accelerate launch` starts for the training, generation and rating stages
+    config: str = "profiles/accelerate/ddp.yaml"  # accelerate's config: DDP on one machine; FSDP, DeepSpeed: profiles/accelerate/
+    engine: str = "native"  # generation and scoring: native (our batched loop) or vllm
+
+
+@dataclass
 class Params:
     data: DataParams = field(default_factory=DataParams)
     model: ModelParams = field(default_factory=ModelParams)
@@ -120,6 +128,7 @@ class Params:
     curation: CurationParams = field(default_factory=CurationParams)
     finetune: FinetuneParams = field(default_factory=FinetuneParams)
     evaluate: EvaluateParams = field(default_factory=EvaluateParams)
+    launch: LaunchParams = field(default_factory=LaunchParams)
 
 
 def _build(cls, values: dict, where: str):
@@ -152,6 +161,10 @@ def load_params(path: str = "params.yaml") -> Params:
         raise HumpbackError(f"{path}: curation.selection must be 'score' or 'random', not {params.curation.selection!r}")
     if params.curation.iterations not in (1, 2):
         raise HumpbackError(f"{path}: curation.iterations must be 1 or 2, not {params.curation.iterations!r}")
+    if params.launch.engine not in ("native", "vllm"):
+        raise HumpbackError(f"{path}: launch.engine must be 'native' or 'vllm', not {params.launch.engine!r}")
+    if not isinstance(params.launch.num_processes, int) or params.launch.num_processes < 1:
+        raise HumpbackError(f"{path}: launch.num_processes must be a positive integer, not {params.launch.num_processes!r}")
     if params.data.source not in ("bundled", "hub"):
         raise HumpbackError(f"{path}: data.source must be 'bundled' or 'hub', not {params.data.source!r}")
     return params

@@ -18,10 +18,12 @@ Decoding is our own loop rather than `model.generate`, for three measured or nee
   `model.generate`.
 
 Results are written to a SQLite cache as soon as each batch completes, keyed by a hash of the model
-fingerprint (weights and adapter), the full prompt and the decoding params. Stage outputs are built
+fingerprint (weights and adapter), the full prompt, the decoding params and the batch the prompt was
+computed in (at bf16 a batch's other rows can move a result; see `Engine._run`). Stage outputs are built
 from the cache at the end, so they stay pure functions of their inputs; the cache lives outside the
 DVC outs (see models.cache_dir) because it is an accelerator, not a result: deleting it changes
 nothing but the time a rerun takes. A run killed at any point loses at most the batch in flight.
+Under `accelerate launch`, processes share out the batches (the same ones) and gather the results.
 """
 
 from __future__ import annotations
@@ -99,6 +101,19 @@ def _length(encoded) -> int:
 
 def result_key(*parts) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def batch_key(batch: list[tuple[str, object]], key: str) -> str:
+    """Where an item's result is cached: its key within its batch (the keys of all the batch's items)."""
+    return result_key("batch", [k for k, _ in batch], key)
+
+
+def process_state():
+    """accelerate's state of this process: one process under plain `python`, N under `accelerate launch`.
+    CPU processes talk over gloo (accelerate takes the CPU path only when asked)."""
+    from accelerate import PartialState
+
+    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class _BufferLayer(DynamicLayer):
@@ -261,36 +276,62 @@ class Engine:
 
     def _run(self, kind: str, params: dict, prefix: str, suffixes: list[str], compute, desc: str,
              rate_stat: str, encode=None) -> list:
-        """Shared driver: look up the cache, compute what is missing batch by batch, store as we go."""
+        """Shared driver: batch every distinct prompt, compute the batches the cache lacks, store as we go.
+
+        Batches are formed from the full item list (longest first), never from what the cache lacks: at
+        bf16 a result can depend on which prompts share its batch, so a result is cached under its batch
+        (`batch_key`), and a warm cache, a resumed run and a run on N processes all give the results of a
+        cold one-process run. Under `accelerate launch` the batches are dealt to the processes round-robin
+        (they are sorted by length, so contiguous chunks would give one process all the long prompts) and
+        the results gathered; every process writes its batches to the shared cache as it goes.
+        """
+        state = process_state()
         keys = [result_key(kind, self.fingerprint, params, prefix + s) for s in suffixes]
-        done = self.cache.get_many(list(set(keys))) if self.cache else {}
-        todo = {k: s for k, s in zip(keys, suffixes) if k not in done}
+        unique = dict(zip(keys, suffixes))
+        encode = encode or (lambda s: self.tok(s, add_special_tokens=False)["input_ids"])
+        encoded = [(k, encode(s)) for k, s in unique.items()]
+        encoded.sort(key=lambda kv: -_length(kv[1]))  # similar lengths share a batch: less padding
+        batches = [encoded[i : i + self.batch_size] for i in range(0, len(encoded), self.batch_size)]
+        stored = [[batch_key(b, k) for k, _ in b] for b in batches]
+        done = self.cache.get_many([s for ss in stored for s in ss]) if self.cache else {}
+        todo = [i for i, ss in enumerate(stored) if any(s not in done for s in ss)]
+        if state.num_processes > 1:  # the main process's view decides: another may have looked later
+            from accelerate.utils import broadcast_object_list
+
+            todo = broadcast_object_list([todo])[0]
+        mine = todo[state.process_index :: state.num_processes]
         self.stats["items"] += len(suffixes)
-        self.stats["cached"] += len(suffixes) - sum(1 for k in keys if k not in done)
-        if todo:
+        self.stats["cached"] += len(encoded) - sum(len(batches[i]) for i in todo)
+        fresh: dict[str, object] = {}
+        if mine:
             start, cpu0 = time.perf_counter(), time.process_time()
             rate0 = self.stats[rate_stat]
-            with torch.inference_mode():
+            unit = "tok/s" if rate_stat == "generated_tokens" else "prompt tok/s"
+            with torch.inference_mode(), tqdm(total=sum(len(batches[i]) for i in mine), desc=desc, unit="ex",
+                                              dynamic_ncols=True, disable=not state.is_main_process) as bar:
                 prefix_ids, prefix_kv = self._encode_prefix(prefix)
-                encode = encode or (lambda s: self.tok(s, add_special_tokens=False)["input_ids"])
-                encoded = [(k, encode(s)) for k, s in todo.items()]
-                encoded.sort(key=lambda kv: -_length(kv[1]))  # similar lengths share a batch: less padding
-                unit = "tok/s" if rate_stat == "generated_tokens" else "prompt tok/s"
-                with tqdm(total=len(encoded), desc=desc, unit="ex", dynamic_ncols=True) as bar:
-                    for i in range(0, len(encoded), self.batch_size):
-                        batch = encoded[i : i + self.batch_size]
-                        results = compute(prefix_ids, prefix_kv, batch)
-                        fresh = {k: r for (k, _), r in zip(batch, results)}
-                        if self.cache:
-                            self.cache.put_many(fresh)  # committed: a kill from here on loses nothing
-                        done.update(fresh)
-                        self.stats["computed"] += len(batch)
-                        elapsed = time.perf_counter() - start
-                        bar.set_postfix_str(f"{(self.stats[rate_stat] - rate0) / max(elapsed, 1e-9):.1f} {unit}")
-                        bar.update(len(batch))
+                for i in mine:
+                    results = compute(prefix_ids, prefix_kv, batches[i])
+                    batch = dict(zip(stored[i], results))
+                    if self.cache:
+                        self.cache.put_many(batch)  # committed: a kill from here on loses nothing
+                    fresh.update(batch)
+                    self.stats["computed"] += len(batches[i])
+                    elapsed = time.perf_counter() - start
+                    bar.set_postfix_str(f"{(self.stats[rate_stat] - rate0) / max(elapsed, 1e-9):.1f} {unit}")
+                    bar.update(len(batches[i]))
             self.stats["seconds"] += time.perf_counter() - start
             self.stats["cpu_seconds"] += time.process_time() - cpu0
-        return [done[k] for k in keys]
+        if state.num_processes > 1 and todo:
+            from accelerate.utils import gather_object
+
+            for part in gather_object([fresh]):  # one dict per process
+                fresh.update(part)
+        done.update(fresh)
+        if self.cache and (missing := [s for ss in stored for s in ss if s not in done]):
+            done.update(self.cache.get_many(missing))  # cached batches this process looked up too early
+        by_item = {k: done[s] for ss, b in zip(stored, batches) for s, (k, _) in zip(ss, b)}
+        return [by_item[k] for k in keys]
 
     def report(self, name: str) -> None:
         s = self.stats

@@ -67,9 +67,10 @@ def materialize_gguf(gguf_path: str) -> str:
     tmp = f"{target}.tmp{os.getpid()}"
     model.save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
-    if os.path.exists(target):
-        shutil.rmtree(target)
-    os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written model behind
+    try:
+        os.replace(tmp, target)  # atomic: a killed conversion leaves no half-written model behind
+    except OSError:  # another process (under accelerate launch) put the same model there first
+        shutil.rmtree(tmp)
     return target
 
 
@@ -137,8 +138,9 @@ def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", ada
             bnb_4bit_use_double_quant=True,
             bnb_4bit_compute_dtype=dtype_,
         )
-    if torch.cuda.is_available():
-        kwargs["device_map"] = "auto"
+    if torch.cuda.is_available():  # under `accelerate launch`, each process holds a whole copy on its GPU
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if world > 1 else "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve(ref), **kwargs)
     except OSError as e:

@@ -49,6 +49,16 @@ def report_timing(stage: str, seconds: float) -> str:
     return line
 
 
+def is_main_process() -> bool:
+    """True in a plain `python` run, and in the main one of the processes `accelerate launch` started:
+    the process that writes a stage's outs (the others compute their share and stop)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return True  # no launcher: do not pay for importing accelerate
+    from .generation import process_state
+
+    return process_state().is_main_process
+
+
 def run(main, timed: bool = True) -> None:
     """Run `main`; a HumpbackError is its one line on stderr. A stage that finishes reports its time
     (a failed one reports only its error, so that the error stays one line)."""
@@ -58,5 +68,5 @@ def run(main, timed: bool = True) -> None:
     except HumpbackError as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
-    if timed:
+    if timed and is_main_process():
         report_timing(_stage_name(), time.perf_counter() - start)

@@ -31,6 +31,7 @@ import torch
 from . import HumpbackError
 from .config import ModelParams, TrainParams
 from .models import cache_dir, fingerprint, load_model, load_tokenizer, torch_dtype
+from .stage import is_main_process
 
 # Optimizer steps between checkpoints (rounded up to a multiple of logging_steps); the default profile's
 # 40-step inverse_sft and seed_sft save at 10, 20 and 30, its 12-step finetune at 10. Set
@@ -104,11 +105,15 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         base = prepare_model_for_kbit_training(base, use_gradient_checkpointing=on_gpu)
     work_dir = f"{output_dir}.work"  # the Trainer's output_dir without checkpoints (DVCLive's params name it always)
     every = checkpoint_steps(params)
+    # Under `accelerate launch` (DDP) every process trains; the main one owns the checkpoint directory,
+    # DVCLive and the saved adapter, and tells the others where the run's checkpoints are.
+    main = is_main_process()
     key = run_key(model, params, train, eval, output_dir, live_dir, on_gpu) if every else None
-    run = _RunDir.claim(key, output_dir, name) if every else None
+    run = _RunDir.claim(key, output_dir, name) if every and main else None
     resume = run.last_checkpoint() if run else None
+    run_path, resume = _from_main_process(run.path if run else None, resume)
     config = SFTConfig(
-        output_dir=run.path if run else work_dir,
+        output_dir=run_path or work_dir,
         num_train_epochs=params.num_train_epochs,
         max_steps=params.max_steps,
         learning_rate=params.learning_rate,
@@ -119,7 +124,7 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         logging_steps=params.logging_steps,
         eval_strategy="steps" if eval else "no",
         eval_steps=params.eval_steps,
-        **({"save_strategy": "steps", "save_steps": every, "save_total_limit": KEEP_CHECKPOINTS} if run
+        **({"save_strategy": "steps", "save_steps": every, "save_total_limit": KEEP_CHECKPOINTS} if run_path
            else {"save_strategy": "no"}),
         seed=params.seed,
         data_seed=params.seed,
@@ -142,19 +147,21 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         target_modules=params.lora_target_modules,
         task_type="CAUSAL_LM",
     )
-    shutil.rmtree(live_dir, ignore_errors=True)
-    if resume:  # DVCLive as it was at the checkpoint: rows logged after it (before the kill) are logged again
-        shutil.copytree(os.path.join(resume.path, _RESUME_DIR, "live"), live_dir)
-    live = Live(dir=live_dir, dvcyaml=None, save_dvc_exp=False, report=None, resume=bool(resume))
-    if resume:
-        live.step = resume.state["live_step"]  # Live(resume=True) reads it too, but keeps 0 as 0 (then logs it twice)
-    # Where and how often checkpoints are written never changes the result: DVCLive's params record them
-    # as in a run without checkpoints, so its directory is the same with or without them.
-    defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
-    logged_as = {"output_dir": work_dir, "save_strategy": "no", "save_steps": defaults["save_steps"],
-                 "save_total_limit": defaults["save_total_limit"]}
-    callbacks = [_pure_dvclive(live, logged_as)]
-    if run:
+    live, callbacks = None, []
+    if main:
+        shutil.rmtree(live_dir, ignore_errors=True)
+        if resume:  # DVCLive as it was at the checkpoint: rows logged after it (before the kill) are logged again
+            shutil.copytree(os.path.join(resume.path, _RESUME_DIR, "live"), live_dir)
+        live = Live(dir=live_dir, dvcyaml=None, save_dvc_exp=False, report=None, resume=bool(resume))
+        if resume:
+            live.step = resume.state["live_step"]  # Live(resume=True) reads it too, but keeps 0 as 0 (then logs it twice)
+        # Where and how often checkpoints are written never changes the result: DVCLive's params record them
+        # as in a run without checkpoints, so its directory is the same with or without them.
+        defaults = {f.name: f.default for f in dataclasses.fields(SFTConfig)}
+        logged_as = {"output_dir": work_dir, "save_strategy": "no", "save_steps": defaults["save_steps"],
+                     "save_total_limit": defaults["save_total_limit"]}
+        callbacks.append(_pure_dvclive(live, logged_as))
+    if run_path:
         callbacks.append(_checkpoints(live, resume))
     trainer = SFTTrainer(
         model=base,
@@ -165,7 +172,7 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         peft_config=lora,
         callbacks=callbacks,
     )
-    if run:
+    if run_path:
         callbacks[-1].trainer = trainer
     # trl drops examples whose prompt alone fills max_length (no completion token left to learn from).
     kept = len(trainer.train_dataset)
@@ -180,11 +187,14 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     if eval:
         metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
         metrics["eval_examples"] = len(trainer.eval_dataset)
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        return metrics
     live.end()
 
     tmp = f"{output_dir}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.model.save_pretrained(tmp, safe_serialization=True)
+    trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     name_base_by_reference(tmp, model.base)  # also sorts the config's lists (peft writes sets in hash order)
     shutil.rmtree(output_dir, ignore_errors=True)
@@ -193,6 +203,18 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
         run.remove()  # the adapter is in place: the checkpoints are of no more use
     shutil.rmtree(work_dir, ignore_errors=True)
     return metrics
+
+
+def _from_main_process(run_path: str | None, resume: "_Checkpoint | None"):
+    """The main process's checkpoint directory and checkpoint to resume, in every process."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return run_path, resume
+    from accelerate.utils import broadcast_object_list
+
+    from .generation import process_state
+
+    process_state()  # joins the process group, once
+    return tuple(broadcast_object_list([run_path, resume]))
 
 
 def checkpoint_steps(params: TrainParams) -> int:
@@ -214,8 +236,8 @@ def checkpoint_steps(params: TrainParams) -> int:
 def run_key(model: ModelParams, params: TrainParams, train: list[dict], eval: list[dict], output_dir: str,
             live_dir: str, on_gpu: bool) -> str:
     """A hash of everything that determines a training run, and so its checkpoints: the model params and
-    base weights, the train params, the examples, where the adapter and DVCLive go, the device, the versions
-    of the libraries that train, and this module's and models.py's source."""
+    base weights, the train params, the examples, where the adapter and DVCLive go, the device and process
+    count, the versions of the libraries that train, and this module's and models.py's source."""
     import importlib.metadata
 
     from . import models
@@ -237,7 +259,7 @@ def run_key(model: ModelParams, params: TrainParams, train: list[dict], eval: li
         [type(params).__name__, dataclasses.asdict(params)],
         train,
         eval,
-        [output_dir, live_dir, on_gpu],
+        [output_dir, live_dir, on_gpu, int(os.environ.get("WORLD_SIZE", "1"))],  # processes: the data each sees
         {d: version(d) for d in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "dvclive",
                                  "safetensors")},
         [source(sys.modules[__name__]), source(models)],
@@ -347,6 +369,8 @@ def _checkpoints(live, resume: _Checkpoint | None):
                 control.should_save = False  # the adapter is saved right after the last step anyway
 
         def on_save(self, args, state, control, **kwargs):
+            if live is None:  # not the main process: it saved its RNG state, the main one does the rest
+                return
             t = self.trainer
             checkpoint = os.path.join(args.output_dir, f"checkpoint-{state.global_step}")
             tmp = os.path.join(checkpoint, f"{_RESUME_DIR}.tmp")

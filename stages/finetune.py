@@ -7,7 +7,7 @@ import sys
 
 from humpback import HumpbackError, formats, models, prompts, recipe
 from humpback.config import load_params
-from humpback.stage import run
+from humpback.stage import is_main_process, run
 from humpback.training import train_lora
 
 
@@ -15,6 +15,8 @@ def main():
     params = load_params()
     p, c, rnd = params.finetune, params.curation, recipe.round_arg(sys.argv)
     if rnd.name == "round1" and c.iterations == 1:
+        if not is_main_process():
+            return
         recipe.write_skipped(rnd.model, "curation.iterations is 1")
         recipe.write_skipped(rnd.live, "curation.iterations is 1")
         formats.write_json(rnd.finetune_metrics, {"trained": False})
@@ -32,6 +34,8 @@ def main():
     eval = [prompts.forward_example(x, tok, recipe.inference_system(p))
             for x in formats.load_json("data/lima_heldout.json")[: p.eval_size]]
     metrics = train_lora(params.model, p, train, eval, rnd.model, rnd.live, "finetune")
+    if not is_main_process():  # under `accelerate launch` every process trains; one writes
+        return
     formats.write_json(rnd.finetune_metrics, {"trained": True, "threshold": c.threshold, "curated_pairs": len(curated),
                                               "seed_pairs": len(train) - len(curated), **metrics})
 

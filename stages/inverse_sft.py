@@ -2,7 +2,7 @@
 
 from humpback import HumpbackError, formats, models, prompts
 from humpback.config import load_params
-from humpback.stage import run
+from humpback.stage import is_main_process, run
 from humpback.training import train_lora
 
 
@@ -18,7 +18,8 @@ def main():
                 for x in formats.load_json("data/guanaco_inverse.json")]
     train, eval = examples[p.eval_size :], examples[: p.eval_size]
     metrics = train_lora(params.model, p, train, eval, "models/backward", "dvclive/inverse_sft", "inverse_sft")
-    formats.write_json("metrics/inverse_sft.json", metrics)
+    if is_main_process():  # under `accelerate launch` every process trains; one writes
+        formats.write_json("metrics/inverse_sft.json", metrics)
 
 
 if __name__ == "__main__":

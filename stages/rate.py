@@ -3,7 +3,7 @@
 from humpback import curation, formats, recipe
 from humpback.config import load_params
 from humpback.generation import open_engine
-from humpback.stage import run
+from humpback.stage import is_main_process, run
 
 
 def main():
@@ -14,6 +14,8 @@ def main():
     ref, adapter = recipe.rater_model(params)
     engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True)
     rated = rater.rate(engine, pairs)
+    if not is_main_process():  # under `accelerate launch`: the main process writes the outs
+        return
     formats.write_json(recipe.ROUNDS["round1"].rated, rated)
     formats.write_json("metrics/rate.json", curation.rate_metrics(rated))
     formats.write_json("plots/score_histogram.json", curation.score_histogram(rated))

@@ -7,7 +7,7 @@ import shutil
 from humpback import curation, formats, recipe
 from humpback.config import load_params
 from humpback.generation import open_engine
-from humpback.stage import run
+from humpback.stage import is_main_process, run
 
 
 def main():
@@ -15,12 +15,16 @@ def main():
     c = params.curation
     round1, final = recipe.ROUNDS["round1"], recipe.ROUNDS["final"]
     if c.iterations == 1:
+        if not is_main_process():
+            return
         shutil.copyfile(round1.rated, final.rated)
         formats.write_json("metrics/rerate.json", {"iterations": 1, **curation.rate_metrics(formats.load_json(final.rated))})
         return
     engine = open_engine(params.model.base, params.model, c.batch_size, adapter=round1.model, chat=True)
     rater, _, check = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
     rated = rater.rate(engine, formats.load_json("data/self_augmented_filtered.json"))
+    if not is_main_process():  # under `accelerate launch`: the main process writes the outs
+        return
     formats.write_json(final.rated, rated)
     formats.write_json("metrics/rerate.json", {"iterations": 2, **curation.rate_metrics(rated),
                                                "rater_check": check})

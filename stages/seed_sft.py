@@ -3,7 +3,7 @@ rates the augmented pairs under curation.rater: self, as in the paper."""
 
 from humpback import formats, models, prompts, recipe
 from humpback.config import load_params
-from humpback.stage import run
+from humpback.stage import is_main_process, run
 from humpback.training import train_lora
 
 
@@ -11,6 +11,8 @@ def main():
     params = load_params()
     p = params.seed_sft
     if not recipe.seed_model_needed(params):
+        if not is_main_process():
+            return
         why = "neither curation.rater nor evaluate.judge is `self`"
         recipe.write_skipped(recipe.SEED_MODEL, why)
         recipe.write_skipped("dvclive/seed_sft", why)
@@ -20,7 +22,8 @@ def main():
     examples = [prompts.forward_example(x, tok) for x in formats.load_json(recipe.SEED_PAIRS)]
     train, eval = examples[p.eval_size :], examples[: p.eval_size]
     metrics = train_lora(params.model, p, train, eval, recipe.SEED_MODEL, "dvclive/seed_sft", "seed_sft")
-    formats.write_json("metrics/seed_sft.json", {"trained": True, **metrics})
+    if is_main_process():  # under `accelerate launch` every process trains; one writes
+        formats.write_json("metrics/seed_sft.json", {"trained": True, **metrics})
 
 
 if __name__ == "__main__":

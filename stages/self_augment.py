@@ -3,7 +3,7 @@
 from humpback import formats, prompts
 from humpback.config import load_params
 from humpback.generation import Decoding, open_engine
-from humpback.stage import run
+from humpback.stage import is_main_process, run
 
 
 def main():
@@ -18,6 +18,8 @@ def main():
     max_tokens = params.inverse_sft.max_response_tokens  # the backward model was trained on this view
     suffixes = [prompts.backward_suffix(r["response"], tok, max_tokens) for r in records]
     instructions = engine.generate(prompts.BACKWARD_PREFIX, suffixes, decoding, desc="self_augment")
+    if not is_main_process():  # under `accelerate launch`: the main process writes the outs
+        return
     augmented = [
         {"id": r["id"], "instruction": ins, "response": r["response"], "source": r["source"],
          "decoding": decoding.as_dict()}

@@ -63,15 +63,23 @@ def test_next_token_probs_equal_a_full_forward(model, tiny_tokenizer, prefill_to
         assert p == pytest.approx(ref.tolist(), rel=1e-4, abs=1e-7)
 
 
-def test_cache_serves_a_rerun_and_grows_with_more_inputs(model, tiny_tokenizer, tmp_path):
+def test_cache_serves_a_rerun_and_a_warm_cache_gives_the_cold_result(model, tiny_tokenizer, tmp_path):
     cache = ResultCache(str(tmp_path / "results.sqlite"))
     suffixes = [prompts.backward_suffix(r) for r in RESPONSES]
     first = Engine(model, tiny_tokenizer, "tiny", 2, cache)
     out3 = first.generate(prompts.BACKWARD_PREFIX, suffixes[:3], Decoding(max_new_tokens=6))
+    again = Engine(model, tiny_tokenizer, "tiny", 2, cache)
+    assert again.generate(prompts.BACKWARD_PREFIX, suffixes[:3], Decoding(max_new_tokens=6)) == out3
+    assert again.stats["cached"] == 3 and again.stats["computed"] == 0
+    # Results are cached per batch: with more inputs, batches that changed are computed again, so a warm
+    # cache gives exactly what a cold one does. A poisoned entry shows which results came from the cache.
+    with cache.db:
+        cache.db.execute("UPDATE results SET value = ?", ['"from the 3-item run"'])
     second = Engine(model, tiny_tokenizer, "tiny", 2, cache)
     out6 = second.generate(prompts.BACKWARD_PREFIX, suffixes, Decoding(max_new_tokens=6))
-    assert out6[:3] == out3
-    assert second.stats["cached"] == 3 and second.stats["computed"] == 3
+    cold = Engine(model, tiny_tokenizer, "tiny", 2, ResultCache(str(tmp_path / "cold.sqlite")))
+    assert out6 == cold.generate(prompts.BACKWARD_PREFIX, suffixes, Decoding(max_new_tokens=6))
+    assert second.stats["computed"] == 6 and second.stats["cached"] == 0
     # Different decoding params or weights are different results, never served from the cache.
     third = Engine(model, tiny_tokenizer, "other-weights", 2, cache)
     third.generate(prompts.BACKWARD_PREFIX, suffixes[:3], Decoding(max_new_tokens=6))
