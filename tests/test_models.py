@@ -103,6 +103,7 @@ def test_reference_gpu_profile_is_valid_and_uses_qlora(repo_root):
     assert p.model.load_in_4bit and p.model.base == "meta-llama/Llama-2-7b-hf"
     assert p.curation.rater == "self" and p.curation.iterations == 2 and p.data.source == "hub"
     assert p.evaluate.judge == "meta-llama/Llama-2-7b-chat-hf" and p.finetune.tags and p.finetune.mix_seed
+    assert p.launch.engine == "vllm" and p.launch.config == "profiles/accelerate/ddp.yaml"
     # every key of the default params.yaml is there: dvc.yaml's params deps must all resolve
     import yaml
 
