@@ -18,6 +18,7 @@ changed input gives another key, so it never resumes a stale run. A successful r
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -289,24 +290,29 @@ class _RunDir:
         root = cache_dir("checkpoints")
         slug = re.sub(r"[^\w.]+", "-", "/".join(os.path.abspath(output_dir).split(os.sep)[-2:])).strip("-")
         path = os.path.join(root, f"{slug}-{key[:20]}")
-        os.makedirs(path, exist_ok=True)
-        lock = open(os.path.join(path, ".lock"), "a")
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:  # the same run, in another process (parallel `dvc exp run --queue` jobs)
-            lock.close()
-            print(f"{name}: {path} is in use by another run of the same training: this one keeps no "
-                  "checkpoints", file=sys.stderr)
-            return None
-        # Checkpoints of this output's earlier inputs can never be resumed (a changed input is a new key):
-        # delete those no running process holds.
-        for other in os.listdir(root):
-            if re.fullmatch(re.escape(slug) + r"-[0-9a-f]{20}", other) and other != os.path.basename(path):
-                cls._remove_if_free(os.path.join(root, other))
+        # Creating and locking this run's directory, and deleting the stale ones, is one step under a lock on
+        # the whole checkpoints root: without it, a parallel run of the same output (queued experiments)
+        # could see this directory created but not yet locked, take it for stale and delete it.
+        with _root_lock(root):
+            os.makedirs(path, exist_ok=True)
+            lock = open(os.path.join(path, ".lock"), "a")
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:  # the same run, in another process (parallel `dvc exp run --queue` jobs)
+                lock.close()
+                print(f"{name}: {path} is in use by another run of the same training: this one keeps no "
+                      "checkpoints", file=sys.stderr)
+                return None
+            # Checkpoints of this output's earlier inputs can never be resumed (a changed input is a new key):
+            # delete those no running process holds.
+            for other in os.listdir(root):
+                if re.fullmatch(re.escape(slug) + r"-[0-9a-f]{20}", other) and other != os.path.basename(path):
+                    cls._remove_if_free(os.path.join(root, other))
         return cls(path, lock)
 
     @staticmethod
     def _remove_if_free(path: str) -> None:
+        """Delete a run's directory unless a process holds it (the caller holds the root lock)."""
         import fcntl
 
         try:
@@ -338,8 +344,20 @@ class _RunDir:
         return max(found, key=lambda c: c.step, default=None)
 
     def remove(self) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
-        self._lock.close()
+        with _root_lock(os.path.dirname(self.path)):  # no claim's cleanup recreates .lock in a half-deleted dir
+            shutil.rmtree(self.path, ignore_errors=True)
+            self._lock.close()
+
+
+@contextlib.contextmanager
+def _root_lock(root: str):
+    """An exclusive flock on `<root>.lock` (beside the checkpoints directory, which then holds run directories
+    only), held for the few file operations of a claim or removal."""
+    import fcntl
+
+    with open(f"{root}.lock", "a") as guard:
+        fcntl.flock(guard, fcntl.LOCK_EX)
+        yield
 
 
 def _checkpoints(live, resume: _Checkpoint | None):
