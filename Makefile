@@ -10,6 +10,7 @@ repro: setup
 s3:
 	bash scripts/dev-s3
 
-# Quickstart 2: set up, then run the test suite.
+# Quickstart 2: set up, then run the test suite; then the vLLM engine's tests, in a venv with vLLM added.
 test: setup
 	python -m pytest -q
+	bash scripts/test-vllm

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import sqlite3
 import sys
 import time
@@ -40,6 +41,8 @@ import torch
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from . import HumpbackError
 
 # Bumped when the sampler changes what a seeded sampled result is, so the cache never mixes them.
 SAMPLER_VERSION = 2
@@ -475,12 +478,22 @@ class Engine:
         return out
 
 
-def open_engine(ref: str, model_params, batch_size: int, adapter: str | None = None, chat: bool = False) -> Engine:
+def open_engine(ref: str, model_params, batch_size: int, adapter: str | None = None, chat: bool = False,
+                engine: str = "native"):
     """An engine over the model `ref` (with a LoRA `adapter` merged), at `model_params`' precision, with
     the project-wide result cache. `chat`: prompts come from the chat template, which holds its own
-    special tokens."""
+    special tokens. `engine`: `native` (this module's `Engine`) or `vllm` (vllm_engine.VllmEngine, the
+    same methods and cache)."""
     from . import models
 
+    if engine == "vllm":
+        from .vllm_engine import open_vllm_engine
+
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would start its own vLLM on all devices
+            raise HumpbackError("launch.engine: vllm runs in one process (vLLM batches and parallelises by "
+                                "itself): set launch.num_processes: 1, or launch.engine: native")
+
+        return open_vllm_engine(ref, model_params, batch_size, adapter=adapter, chat=chat)
     m = model_params
     tok = models.load_tokenizer(adapter or ref)
     model = models.load_model(ref, m.load_in_4bit, m.dtype, adapter=adapter)

@@ -27,14 +27,16 @@ def main():
 
     judged = heldout[: e.judged]
     if judged:
+        engine = params.launch.engine
         prompts_ = [prompts.chat_prompt(tok, x["instruction"], system) for x in judged]
-        base_engine = open_engine(m.base, m, e.batch_size, chat=True)
+        base_engine = open_engine(m.base, m, e.batch_size, chat=True, engine=engine)
         base_out = judge.respond(base_engine, prompts_, e.max_new_tokens, desc="respond base")
-        final_out = judge.respond(open_engine(m.base, m, e.batch_size, adapter="models/final", chat=True),
+        final_out = judge.respond(open_engine(m.base, m, e.batch_size, adapter="models/final", chat=True,
+                                              engine=engine),
                                   prompts_, e.max_new_tokens, desc="respond final")
         ref, adapter = recipe.judge_model(params)
         judge_engine = base_engine if (ref, adapter) == (m.base, None) else open_engine(ref, m, e.batch_size,
-                                                                                       adapter=adapter, chat=True)
+                                                                                       adapter=adapter, chat=True, engine=engine)
         instructions = [x["instruction"] for x in judged]
         if e.judge == "rater":  # the rater as fit and measured by rater_check scores each answer
             rater = curation.Rater.load("models/rater")

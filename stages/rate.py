@@ -12,7 +12,8 @@ def main():
     pairs = formats.load_json("data/self_augmented_filtered.json")
     rater = curation.Rater.load("models/rater")  # as fit and measured by rater_check
     ref, adapter = recipe.rater_model(params)
-    engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True)
+    engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True,
+                         engine=params.launch.engine)
     rated = rater.rate(engine, pairs)
     if not is_main_process():  # under `accelerate launch`: the main process writes the outs
         return

@@ -10,7 +10,8 @@ def main():
     params = load_params()
     c = params.curation
     ref, adapter = recipe.rater_model(params)  # curation.rater: self is the seed model M0
-    engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True)
+    engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True,
+                         engine=params.launch.engine)
     rater, rated, metrics = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
     rater.save("models/rater")
     formats.write_json("data/rater_check_scored.json", rated)

@@ -20,7 +20,8 @@ def main():
         shutil.copyfile(round1.rated, final.rated)
         formats.write_json("metrics/rerate.json", {"iterations": 1, **curation.rate_metrics(formats.load_json(final.rated))})
         return
-    engine = open_engine(params.model.base, params.model, c.batch_size, adapter=round1.model, chat=True)
+    engine = open_engine(params.model.base, params.model, c.batch_size, adapter=round1.model, chat=True,
+                         engine=params.launch.engine)
     rater, _, check = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
     rated = rater.rate(engine, formats.load_json("data/self_augmented_filtered.json"))
     if not is_main_process():  # under `accelerate launch`: the main process writes the outs

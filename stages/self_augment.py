@@ -11,7 +11,7 @@ def main():
     p, m = params.augment, params.model
     records = formats.sample(formats.load_json("data/lima_single_turn.json"), p.num_samples, p.seed,
                              "data/lima_single_turn.json")
-    engine = open_engine(m.base, m, p.batch_size, adapter="models/backward")
+    engine = open_engine(m.base, m, p.batch_size, adapter="models/backward", engine=params.launch.engine)
     tok = engine.tok
     decoding = Decoding(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
                         temperature=p.temperature, top_p=p.top_p, seed=p.seed)

@@ -101,3 +101,16 @@ def test_two_processes_train_as_one_at_the_same_global_batch(two_processes, tmp_
     # The tolerance is tight enough to tell another global batch apart (other examples in each step).
     other = one_process(2)
     assert abs(other["train_loss"] - two["train_loss"]) > 5 * gap, (other, two)
+
+
+def test_vllm_in_several_processes_is_a_one_line_error(two_processes):
+    ws, _ = two_processes
+    set_params(ws, **{"launch.engine": "vllm"})
+    try:
+        proc = tiny.run(["humpback", "launch", "--config_file", "profiles/accelerate/ddp.yaml", "--num_processes", "2",
+                         "stages/self_augment.py"], ws, check=False)
+    finally:
+        set_params(ws, **{"launch.engine": "native"})
+    assert proc.returncode == 1
+    assert "error: launch.engine: vllm runs in one process" in proc.stderr
+    assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr

@@ -1,5 +1,6 @@
 """Model loading: local directories, GGUF inside a PyPI package, 4-bit (QLoRA), the Hub path offline."""
 
+import importlib.util
 import os
 
 import pytest
@@ -118,3 +119,12 @@ def test_unknown_param_is_a_one_line_error(tmp_path):
     (tmp_path / "params.yaml").write_text("curation:\n  treshold: 4\n")
     with pytest.raises(HumpbackError, match=r"params.yaml.curation: unknown key\(s\) treshold"):
         load_params(str(tmp_path / "params.yaml"))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
+def test_engine_vllm_without_vllm_is_a_one_line_error(tiny_model):
+    from humpback.config import ModelParams
+    from humpback.generation import open_engine
+
+    with pytest.raises(HumpbackError, match="engine: vllm needs vLLM: run scripts/setup-vllm"):
+        open_engine(tiny_model, ModelParams(base=tiny_model, dtype="float32"), 4, engine="vllm")
