@@ -32,7 +32,8 @@ def humpback(args, cwd, repo_root):
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, repo_root):
     ws = tmp_path_factory.mktemp("plots-ws")
-    shutil.copy(os.path.join(repo_root, "dvc.yaml"), ws)
+    for f in ("dvc.yaml", "params.yaml"):  # dvc.yaml's commands interpolate params (launch.*)
+        shutil.copy(os.path.join(repo_root, f), ws)
     for d in ("plots", "dvclive"):
         shutil.copytree(os.path.join(repo_root, d), ws / d)
     sh(["git", "init", "-q"], ws)
