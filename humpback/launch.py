@@ -1,7 +1,7 @@
 """`humpback launch`: `accelerate launch` for the stages in dvc.yaml, with two differences.
 
 - One process on one machine (the default) runs the script in this process: no torchrun, no process
-  group, about 2.4 s less per stage (measured), and exactly the plain `python stages/x.py` run.
+  group, about 2.4 s less per stage (README, "Scaling out"), and exactly the plain `python stages/x.py` run.
 - A stage that fails is its own one-line error and exit code: accelerate's launcher would add a
   traceback of the launcher itself (torchrun's ChildFailedError) under it.
 
@@ -18,15 +18,14 @@ import sys
 
 
 def _single_process(args) -> bool:
-    import yaml
+    from accelerate.commands.config.config_args import load_config_from_file
+    from accelerate.utils import DistributedType
 
-    config = {}
-    if args.config_file:
-        with open(args.config_file, encoding="utf-8") as f:
-            config = yaml.safe_load(f) or {}
-    processes = args.num_processes if args.num_processes is not None else config.get("num_processes", 1)
-    machines = args.num_machines if args.num_machines is not None else config.get("num_machines", 1)
-    plain = config.get("distributed_type", "NO") in ("NO", "MULTI_GPU", "MULTI_CPU")  # not DeepSpeed, FSDP, ...
+    config = load_config_from_file(args.config_file) if args.config_file else None
+    processes = args.num_processes if args.num_processes is not None else getattr(config, "num_processes", 1)
+    machines = args.num_machines if args.num_machines is not None else getattr(config, "num_machines", 1)
+    plain = config is None or config.distributed_type in (  # not DeepSpeed, FSDP, ...
+        DistributedType.NO, DistributedType.MULTI_GPU, DistributedType.MULTI_CPU)
     return processes == 1 and machines == 1 and plain and not (args.use_deepspeed or args.use_fsdp)
 
 

@@ -8,7 +8,7 @@ results never mix.
 
 - vLLM reads a Hugging Face safetensors directory: the native engine's weights, the base model with the
   LoRA adapter merged in at the run's dtype (`merged_model_dir`), written once into the humpback cache
-  directory under the model fingerprint. Merging beats vLLM's LoRARequest, measured 6x slower.
+  directory under the model fingerprint. Merging beats vLLM's LoRARequest, 6x slower as issue 11 measured it.
 - Prompts go to vLLM as token ids, encoded as the native engine encodes them (the prefix with
   `add_special_tokens`, each suffix without), so both engines see the same tokens.
 - Greedy decoding stops at the native engine's EOS ids; outputs are decoded by our tokenizer, the
@@ -43,7 +43,6 @@ import time
 from . import HumpbackError
 from .generation import Decoding, ResultCache, batch_key, result_key
 
-ENGINES = ("native", "vllm")
 INSTALL_HINT = "engine: vllm needs vLLM: run scripts/setup-vllm"
 PROBE_HINT = ("curation.scoring: probe reads the rater's last hidden state, which this engine: vllm cannot give "
               "(vLLM returns tokens and log-probabilities only): use engine: native for the probe, "
@@ -173,8 +172,6 @@ def merged_model_dir(ref: str, adapter: str | None = None, dtype: str = "float32
 class VllmEngine:
     """Runs one model in vLLM over many `prefix + suffix` prompts, cached and resumable; the interface of
     `generation.Engine`."""
-
-    name = "vllm"
 
     def __init__(self, llm, tokenizer, fingerprint: str, batch_size: int, cache: ResultCache | None = None,
                  add_special_tokens: bool = True, eos_ids: list[int] | None = None, chunk_size: int | None = None,

@@ -64,17 +64,6 @@ def outputs(ws: str) -> list[dict]:
         return json.load(f)
 
 
-def set_num_samples(ws: str, n: int) -> None:
-    import yaml
-
-    path = os.path.join(ws, "params.yaml")
-    with open(path) as f:
-        params = yaml.safe_load(f)
-    params["augment"]["num_samples"] = n
-    with open(path, "w") as f:
-        yaml.safe_dump(params, f, sort_keys=False)
-
-
 def test_sigkill_then_rerun_computes_only_what_is_missing(workspace, tmp_path):
     ws, cache = workspace, str(tmp_path / "cache")
     out_path = os.path.join(ws, "data/self_augmented.json")
@@ -107,7 +96,7 @@ def test_sigkill_then_rerun_computes_only_what_is_missing(workspace, tmp_path):
 
     # 4. A run over more inputs reuses the batches it shares with the old run, computes the rest, and
     #    gives what a cold run over them gives (a result is cached under its batch: generation.Engine._run).
-    set_num_samples(ws, MORE_SAMPLES)
+    tiny.set_params(ws, **{"augment.num_samples": MORE_SAMPLES})
     items, cached, computed = finish(stage(ws, cache))
     assert items == MORE_SAMPLES and cached + computed == MORE_SAMPLES and computed < MORE_SAMPLES
     more = outputs(ws)

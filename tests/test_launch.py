@@ -29,17 +29,6 @@ def read_bytes(ws, rel):
         return f.read()
 
 
-def set_params(ws, **values):
-    path = os.path.join(ws, "params.yaml")
-    with open(path) as f:
-        params = yaml.safe_load(f)
-    for key, value in values.items():
-        section, name = key.split(".")
-        params[section][name] = value
-    with open(path, "w") as f:
-        yaml.safe_dump(params, f, sort_keys=False)
-
-
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory, repo_root, tiny_model):
     ws = tiny.make_workspace(str(tmp_path_factory.mktemp("ws-launch")), repo_root, tiny_model,
@@ -77,7 +66,7 @@ def test_sharded_generation_and_rating_equal_one_process(two_processes, tmp_path
 
 def test_threshold_change_reruns_only_curation_and_after(two_processes):
     ws, _ = two_processes
-    set_params(ws, **{"curation.threshold": 3})
+    tiny.set_params(ws, **{"curation.threshold": 3})
     proc = tiny.run(["dvc", "repro"], ws)
     assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE
 
@@ -89,7 +78,7 @@ def test_two_processes_train_as_one_at_the_same_global_batch(two_processes, tmp_
     def one_process(batch: int) -> dict:
         work = str(tmp_path / f"one-{batch}")
         shutil.copytree(ws, work, ignore=shutil.ignore_patterns(".dvc", ".git"))
-        set_params(work, **{"inverse_sft.per_device_train_batch_size": batch, "launch.num_processes": 1})
+        tiny.set_params(work, **{"inverse_sft.per_device_train_batch_size": batch, "launch.num_processes": 1})
         tiny.run(["python", "stages/inverse_sft.py"], work, env={"HUMPBACK_CACHE_DIR": str(tmp_path / "cache")})
         return load(work, "metrics/inverse_sft.json")
 
@@ -105,12 +94,12 @@ def test_two_processes_train_as_one_at_the_same_global_batch(two_processes, tmp_
 
 def test_vllm_in_several_processes_is_a_one_line_error(two_processes):
     ws, _ = two_processes
-    set_params(ws, **{"launch.engine": "vllm"})
+    tiny.set_params(ws, **{"launch.engine": "vllm"})
     try:
         proc = tiny.run(["humpback", "launch", "--config_file", "profiles/accelerate/ddp.yaml", "--num_processes", "2",
                          "stages/self_augment.py"], ws, check=False)
     finally:
-        set_params(ws, **{"launch.engine": "native"})
+        tiny.set_params(ws, **{"launch.engine": "native"})
     assert proc.returncode == 1
     assert "error: launch.engine: vllm runs in one process" in proc.stderr
     assert "Traceback" not in proc.stderr and "ChildFailedError" not in proc.stderr

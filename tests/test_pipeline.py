@@ -4,7 +4,6 @@ import json
 import os
 
 import pytest
-import yaml
 
 import tiny
 
@@ -14,16 +13,6 @@ STAGES = tiny.STAGES
 def load(ws, rel):
     with open(os.path.join(ws, rel), encoding="utf-8") as f:
         return json.load(f)
-
-
-def set_param(ws, key, value):
-    path = os.path.join(ws, "params.yaml")
-    with open(path) as f:
-        params = yaml.safe_load(f)
-    section, name = key.split(".")
-    params[section][name] = value
-    with open(path, "w") as f:
-        yaml.safe_dump(params, f, sort_keys=False)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +85,7 @@ def test_threshold_change_reruns_only_curation_and_after(workspace):
     ws = workspace
     scores = sorted(r["score"] for r in load(ws, "data/curated_dataset_all_evaluated.json"))
     threshold = scores[len(scores) // 2]  # the median: keeps about half, a different set than before
-    set_param(ws, "curation.threshold", threshold)
+    tiny.set_params(ws, **{"curation.threshold": threshold})
     proc = tiny.run(["dvc", "repro"], ws)
     assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE
     assert load(ws, "metrics/curate.json")["kept"] == sum(s >= threshold for s in scores) < len(scores)
@@ -105,7 +94,7 @@ def test_threshold_change_reruns_only_curation_and_after(workspace):
 
 def test_empty_curated_set_fails_with_a_clear_message(workspace):
     ws = workspace
-    set_param(ws, "curation.threshold", 6)
+    tiny.set_params(ws, **{"curation.threshold": 6})
     proc = tiny.run(["dvc", "repro"], ws, check=False)
     assert proc.returncode != 0
     assert "error: data/curated_dataset.json has 0 pairs at curation.threshold=6" in proc.stderr + proc.stdout
@@ -145,7 +134,7 @@ def test_full_recipe_trains_m0_and_m1_and_rates_twice(full_recipe):
 def test_threshold_change_with_iterations_reruns_only_after_the_ratings(full_recipe):
     ws = full_recipe
     scores = sorted(r["score"] for r in load(ws, "data/rated_round1.json"))
-    set_param(ws, "curation.threshold", scores[len(scores) // 2])
+    tiny.set_params(ws, **{"curation.threshold": scores[len(scores) // 2]})
     proc = tiny.run(["dvc", "repro"], ws)
     assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE_ITERATED
     for stage in ("filter", "seed_sft", "rater_check", "rate"):

@@ -19,14 +19,7 @@ from humpback.vllm_engine import VllmEngine, open_vllm_engine, require_hidden_st
 
 import tiny  # noqa: E402
 
-RESPONSES = [
-    "Water boils at 100 degrees Celsius at sea level.",
-    "Use a list comprehension: squares = [x * x for x in range(10)].",
-    "Paris.",
-    "Start with a short warm-up, then run at an easy pace for twenty minutes, and finish by walking.",
-    "The French Revolution began in 1789 and reshaped European politics for a century.",
-    "Mix flour, water, salt and yeast, let it rise overnight, shape, and bake at 230 C.",
-]
+from test_engine import RESPONSES  # noqa: E402  (tests/ is on sys.path: conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -181,18 +174,12 @@ def test_sampling_is_seeded_per_prompt(engines):
 def test_self_augment_stage_on_vllm_writes_what_the_native_engine_writes(tmp_path_factory, repo_root):
     """launch.engine is a param of self_augment: switching it reruns that stage (and what follows),
     and at fp32 vLLM's greedy instructions are the native engine's, byte for byte."""
-    import yaml
-
     model = tiny.build_model(str(tmp_path_factory.mktemp("tiny-vllm-ws-model")), repo_root, hidden=128)
     ws = tiny.make_workspace(str(tmp_path_factory.mktemp("ws-vllm")), repo_root, model, **{"model.dtype": "float32"})
     tiny.run(["dvc", "repro", "self_augment"], ws)
     with open(os.path.join(ws, "data/self_augmented.json"), "rb") as f:
         native = f.read()
-    with open(os.path.join(ws, "params.yaml")) as f:
-        params = yaml.safe_load(f)
-    params["launch"]["engine"] = "vllm"
-    with open(os.path.join(ws, "params.yaml"), "w") as f:
-        yaml.safe_dump(params, f, sort_keys=False)
+    tiny.set_params(ws, **{"launch.engine": "vllm"})
     proc = tiny.run(["dvc", "repro", "self_augment"], ws)
     assert tiny.ran_stages(proc.stdout) == ["self_augment"]
     assert "vllm-" in proc.stderr or "vLLM" in proc.stderr or "engine start-up" in proc.stderr

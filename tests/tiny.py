@@ -105,6 +105,20 @@ def tiny_params(repo: str, model_dir: str, **overrides) -> dict:
     return params
 
 
+def set_params(ws: str, **values) -> None:
+    """Change keys of a workspace's params.yaml: set_params(ws, **{"curation.threshold": 3})."""
+    import yaml
+
+    path = os.path.join(ws, "params.yaml")
+    with open(path) as f:
+        params = yaml.safe_load(f)
+    for key, value in values.items():
+        section, name = key.split(".")
+        params[section][name] = value
+    with open(path, "w") as f:
+        yaml.safe_dump(params, f, sort_keys=False)
+
+
 def run(cmd: list[str], cwd: str, check: bool = True, env: dict | None = None):
     import subprocess
 
