@@ -236,7 +236,9 @@ def load_rater_check(path: str) -> list[dict]:
 
     pairs = []
     for where, rec in formats.read_jsonl(path):
-        missing = [f for f in RATER_CHECK_FIELDS if not isinstance(rec, dict) or f not in rec]
+        if not isinstance(rec, dict):
+            raise HumpbackError(f"{where}: expected a JSON object, got {formats.json_type(rec)}")
+        missing = [f for f in RATER_CHECK_FIELDS if f not in rec]
         if missing:
             raise HumpbackError(f"{where}: missing field(s) {', '.join(missing)}")
         if rec["level"] not in (1, 2, 3, 4, 5) or rec["split"] not in ("dev", "test"):

@@ -1,7 +1,9 @@
 """Readers and parsers for the two raw corpus formats, and the JSON dataset files.
 
 Bad input policy (see README, "Bad input"):
-- A line that is not valid JSON is fatal: the file is corrupt, so we stop with `file:line`.
+- A line that is not valid JSON is fatal: the file is corrupt, so we stop with `file:line`. So is a line
+  that is not valid UTF-8, NaN/Infinity or a number Python cannot hold, a lone surrogate (`"\\ud800"`,
+  not Unicode) and nesting deeper than `MAX_DEPTH`. A UTF-8 BOM on line 1 and `\\r\\n` endings are fine.
 - A record that parses but cannot give a pair (missing field, empty text, no assistant turn)
   is skipped and counted under its reason. LIMA multi-turn records are dropped and counted.
 """
@@ -9,6 +11,7 @@ Bad input policy (see README, "Bad input"):
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from collections import Counter
@@ -43,18 +46,122 @@ class ParseReport:
         }
 
 
-def read_jsonl(path: str) -> Iterator[tuple[str, object]]:
-    """Yield (`path:line`, parsed object) for each non-blank line; invalid JSON is fatal."""
+MAX_DEPTH = 128  # JSON nesting a corpus line may have (serde_json's default); deeper is fatal
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")  # how a surrogate can get into a str from valid UTF-8
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+class _NotJson(ValueError):
+    """A token json accepts but the data policy does not (NaN, an out-of-range number)."""
+
+
+def _parse_constant(name: str):
+    raise _NotJson(f"{name} is not a JSON number")
+
+
+def _parse_float(s: str) -> float:
+    x = float(s)
+    if math.isinf(x):  # 1e999
+        raise _NotJson(f"number {s[:20]}{'...' if len(s) > 20 else ''} is out of range")
+    return x
+
+
+def _parse_int(s: str) -> int:
+    try:
+        return int(s)
+    except ValueError:  # over sys.get_int_max_str_digits() digits
+        raise _NotJson(f"integer of {len(s)} digits is too long") from None
+
+
+def _loads(text: str):
+    """json.loads under the policy; raises ValueError (message for the user) or RecursionError."""
+    return json.loads(text, parse_constant=_parse_constant, parse_float=_parse_float, parse_int=_parse_int)
+
+
+def _bad_value(obj) -> str | None:
+    """Why a parsed line is not data (a lone surrogate, nesting over MAX_DEPTH), else None; no recursion."""
+    stack = [(obj, 1)]
+    while stack:
+        o, depth = stack.pop()
+        if isinstance(o, str):
+            m = _SURROGATE.search(o)
+            if m:
+                return f"not valid Unicode (lone surrogate \\u{ord(m.group()):04x} in a string)"
+        elif isinstance(o, (dict, list)):
+            if depth > MAX_DEPTH:
+                return f"JSON nested more than {MAX_DEPTH} levels deep"
+            items = [*o.keys(), *o.values()] if isinstance(o, dict) else o
+            stack.extend((x, depth + 1) for x in items)
+    return None
+
+
+def json_type(obj) -> str:
+    """The JSON name of a parsed value's type, for error messages."""
+    if obj is None or isinstance(obj, bool):
+        return {None: "null", True: "true", False: "false"}[obj]
+    return {dict: "object", list: "array", str: "string"}.get(type(obj), "number")
+
+
+def _physical_lines(f) -> Iterator[bytes]:
+    """The lines of a binary file, without their ends, split as text mode splits them (universal newlines:
+    `\\n`, `\\r\\n` and a lone `\\r` each end a line), so that line numbers match what an editor shows."""
+    for chunk in f:  # each ends with b"\n", but the last may not
+        body = chunk.removesuffix(b"\r\n") if chunk.endswith(b"\r\n") else chunk.removesuffix(b"\n")
+        if b"\r" in body:
+            yield from body.split(b"\r")
+        else:
+            yield body
+
+
+def _open_binary(path: str, missing: str):
     if not os.path.exists(path):
-        raise HumpbackError(f"{path}: file not found")
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield f"{path}:{lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HumpbackError(f"{path}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        raise HumpbackError(f"{path}: {missing}")
+    if os.path.isdir(path):
+        raise HumpbackError(f"{path}: is a directory, not a file")
+    try:
+        return open(path, "rb")
+    except OSError as e:
+        raise HumpbackError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _decode(raw: bytes, path: str, lineno: int = 1) -> str:
+    """`raw` (a line, or a whole file from line `lineno` on) as text; bad bytes are one `path:line` error."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        before = raw[: e.start]
+        lineno += before.count(b"\n")
+        col = len(before[before.rfind(b"\n") + 1:].decode("utf-8")) + 1  # in characters, as json counts
+        raise HumpbackError(f"{path}:{lineno}: not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {col})") from None
+
+
+def read_jsonl(path: str) -> Iterator[tuple[str, object]]:
+    """Yield (`path:line`, parsed object) for each non-blank line; any line that is not valid UTF-8 JSON
+    data is fatal, as one `path:line: ...` HumpbackError (see the module docstring)."""
+    f = _open_binary(path, "file not found")
+    with f:
+        try:
+            for lineno, raw in enumerate(_physical_lines(f), start=1):
+                where = f"{path}:{lineno}"
+                if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                    raw = raw[3:]  # a UTF-8 BOM, as some Windows editors write
+                line = _decode(raw, path, lineno)
+                if not line.strip():
+                    continue
+                try:
+                    obj = _loads(line)
+                except json.JSONDecodeError as e:
+                    raise HumpbackError(f"{where}: invalid JSON ({e.msg} at column {e.colno})") from None
+                except ValueError as e:
+                    raise HumpbackError(f"{where}: invalid JSON ({e})") from None
+                except RecursionError:
+                    raise HumpbackError(f"{where}: JSON nested more than {MAX_DEPTH} levels deep") from None
+                if (line.count("[") + line.count("{") > MAX_DEPTH or _SURROGATE_ESCAPE.search(line)) and (
+                        why := _bad_value(obj)):
+                    raise HumpbackError(f"{where}: {why}")
+                yield where, obj
+        except OSError as e:  # an I/O error mid-file
+            raise HumpbackError(f"{path}: cannot read ({e.strerror or e})") from None
 
 
 def guanaco_turns(text: str) -> list[tuple[str, str]]:
@@ -132,13 +239,26 @@ def hub_records(repo_id: str, name: str, token: str | None = None) -> Iterator[t
 
 
 def load_json(path: str) -> list[dict]:
-    if not os.path.exists(path):
-        raise HumpbackError(f"{path}: file not found (run the stage that writes it: dvc repro)")
-    with open(path, encoding="utf-8") as f:
+    """A JSON dataset file the pipeline wrote: a list of records; anything else is one clear error."""
+    f = _open_binary(path, "file not found (run the stage that writes it: dvc repro)")
+    with f:
         try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise HumpbackError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+            raw = f.read()
+        except OSError as e:
+            raise HumpbackError(f"{path}: cannot read ({e.strerror or e})") from None
+    text = _decode(raw.removeprefix(b"\xef\xbb\xbf"), path)
+    try:
+        obj = json.loads(text, parse_int=_parse_int)  # NaN stays: the pipeline's own files may hold it
+    except json.JSONDecodeError as e:
+        raise HumpbackError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except ValueError as e:  # _parse_int's
+        raise HumpbackError(f"{path}: invalid JSON ({e})") from None
+    except RecursionError:
+        raise HumpbackError(f"{path}: JSON nested too deeply") from None
+    if not isinstance(obj, list) or not all(isinstance(r, dict) for r in obj):
+        got = json_type(obj) if not isinstance(obj, list) else "an array with a non-object item"
+        raise HumpbackError(f"{path}: expected a JSON array of records (objects), got {got}")
+    return obj
 
 
 def write_json(path: str, obj) -> None:
