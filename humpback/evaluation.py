@@ -7,6 +7,7 @@ import math
 import torch
 from tqdm.auto import tqdm
 
+from . import work
 from .prompts import forward_text
 
 
@@ -32,6 +33,7 @@ def response_nll(model, tokenizer, pairs: list[dict], batch_size: int, max_lengt
         input_ids = torch.tensor([ids + [pad] * (width - len(ids)) for ids, _ in batch], device=device)
         labels = torch.tensor([lab + [-100] * (width - len(lab)) for _, lab in batch], device=device)
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
+        work.add(forward=sum(len(ids) for ids, _ in batch), forward_padded=len(batch) * width)
         with torch.no_grad():
             logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
         target = labels[:, 1:]

@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
-from . import HumpbackError
+from . import HumpbackError, work
 
 # Bumped when the sampler changes what a seeded sampled result is, so the cache never mixes them.
 SAMPLER_VERSION = 2
@@ -227,6 +227,7 @@ class Engine:
             return [], None
         out = self.model(torch.tensor([ids], device=self.device), use_cache=True, logits_to_keep=1)
         self.stats["prompt_tokens_computed"] += len(ids)
+        work.add(forward=len(ids), forward_padded=len(ids))
         return ids, out.past_key_values
 
     def _new_cache(self, prefix_kv, batch: int, capacity: int):
@@ -262,6 +263,7 @@ class Engine:
         cache = self._new_cache(prefix_kv, len(rows), len(prefix_ids) + width + extra_capacity)
         self.stats["prompt_tokens_computed"] += len(rows) * width
         self.stats["prompt_tokens_full"] += sum(len(prefix_ids) + len(s) for s in suffix_ids)
+        work.add(forward=sum(len(s) for s in suffix_ids), forward_padded=len(rows) * width)
         # In slices of about `prefill_tokens` tokens: smaller activations stay in cache and in reused
         # memory; measured ~8% faster than one forward over the whole batch (benchmarks/RESULTS.md).
         step, start = max(1, self.prefill_tokens // len(rows)), len(prefix_ids)
@@ -400,6 +402,7 @@ class Engine:
             mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
             position = position + 1
             self.stats["decode_tokens_computed"] += len(rows)
+            work.add(forward=len(rows) - sum(1 for r in rows if r in finished), forward_padded=len(rows))
             logits = self.model(
                 input_ids=nxt[:, None], attention_mask=mask, position_ids=position[:, None],
                 past_key_values=cache, use_cache=True,
@@ -459,6 +462,7 @@ class Engine:
         cache = self._new_cache(prefix_kv, len(seqs), len(prefix_ids) + width) if prefix_kv is not None else None
         self.stats["prompt_tokens_computed"] += len(seqs) * width
         self.stats["prompt_tokens_full"] += sum(len(prefix_ids) + len(s) for s in seqs)
+        work.add(forward=sum(len(s) for s in seqs), forward_padded=len(seqs) * width)
         hidden = self.model.model(input_ids=input_ids, attention_mask=mask, position_ids=position_ids,
                                   past_key_values=cache, use_cache=cache is not None).last_hidden_state
         head = self.model.get_output_embeddings()
@@ -486,6 +490,7 @@ def open_engine(ref: str, model_params, batch_size: int, adapter: str | None = N
     same methods and cache)."""
     from . import models
 
+    m = model_params
     if engine == "vllm":
         from .vllm_engine import open_vllm_engine
 
@@ -493,10 +498,12 @@ def open_engine(ref: str, model_params, batch_size: int, adapter: str | None = N
             raise HumpbackError("launch.engine: vllm runs in one process (vLLM batches and parallelises by "
                                 "itself): set launch.num_processes: 1, or launch.engine: native")
 
-        return open_vllm_engine(ref, model_params, batch_size, adapter=adapter, chat=chat)
-    m = model_params
-    tok = models.load_tokenizer(adapter or ref)
-    model = models.load_model(ref, m.load_in_4bit, m.dtype, adapter=adapter)
-    fingerprint = models.fingerprint(ref, adapter=adapter, dtype=m.dtype, load_in_4bit=m.load_in_4bit)
-    return Engine(model, tok, fingerprint, batch_size, ResultCache.default(),
-                  add_special_tokens=not (chat and tok.chat_template))
+        opened = open_vllm_engine(ref, model_params, batch_size, adapter=adapter, chat=chat)
+    else:
+        tok = models.load_tokenizer(adapter or ref)
+        model = models.load_model(ref, m.load_in_4bit, m.dtype, adapter=adapter)
+        fingerprint = models.fingerprint(ref, adapter=adapter, dtype=m.dtype, load_in_4bit=m.load_in_4bit)
+        opened = Engine(model, tok, fingerprint, batch_size, ResultCache.default(),
+                        add_special_tokens=not (chat and tok.chat_template))
+    opened.dtype = models.resolve_dtype(m.dtype)  # what it computes in, for the stage metrics
+    return opened

@@ -10,6 +10,7 @@ A model reference in params.yaml is one of:
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.metadata
 import os
@@ -19,6 +20,7 @@ import sys
 import torch
 
 from . import HumpbackError
+from .config import DTYPES
 
 
 def cache_dir(*parts: str) -> str:
@@ -40,6 +42,14 @@ def _package_file(ref: str) -> str:
 
 
 def file_sha256(path: str, chunk: int = 1 << 24) -> str:
+    """The file's SHA-256, hashed once per process for a given size and mtime (a stage resolves and
+    fingerprints its models several times; the 135M model's weights take about a second to hash)."""
+    st = os.stat(path)
+    return _sha256(os.path.realpath(path), st.st_size, st.st_mtime_ns, chunk)
+
+
+@functools.lru_cache(maxsize=256)
+def _sha256(path: str, size: int, mtime_ns: int, chunk: int) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         while block := f.read(chunk):
@@ -101,27 +111,41 @@ def load_tokenizer(ref: str, padding_side: str = "left"):
     return tok
 
 
-DTYPES = ("float32", "bfloat16", "float16")
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (Linux /proc/cpuinfo; empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return set(next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), []))
+    except OSError:
+        return set()
 
 
 def native_bf16() -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, slowly."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX); elsewhere torch emulates it, 29x slower
+    per LoRA step than fp32 (issue 18, AVX2-only AMD EPYC)."""
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def resolve_dtype(name: str) -> str:
+    """`model.dtype` as the model computes: `auto` is bfloat16 where the device has it natively (a CUDA
+    device of compute capability 8.0 or newer; AVX512-BF16 or AMX on CPU), float32 elsewhere. Other names
+    are returned as they are. Since `auto` depends on the machine, the resolved name is what the metrics,
+    the adapter metadata and the result-cache and checkpoint keys record."""
+    if name not in DTYPES:
+        raise HumpbackError(f"model.dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    if name != "auto":
+        return name
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.get_device_capability()[0] >= 8 else "float32"
+    return "bfloat16" if native_bf16() else "float32"
 
 
 def torch_dtype(name: str) -> torch.dtype:
-    """The torch dtype for `model.dtype`. Always the name written in params.yaml, never chosen per machine:
-    the same inputs must give the same outputs (and DVC hashes) on every machine."""
-    if name not in DTYPES:
-        raise HumpbackError(f"model.dtype must be one of {', '.join(DTYPES)}, not {name!r}")
+    """The torch dtype for `model.dtype` (resolved: see resolve_dtype)."""
+    name = resolve_dtype(name)
     if name == "bfloat16" and not torch.cuda.is_available() and not native_bf16():
         print("warning: model.dtype=bfloat16 on a CPU without AVX512-BF16/AMX: correct, but emulated and "
-              "slower than float32", file=sys.stderr)
+              "about 29x slower than float32 (model.dtype: auto picks float32 here)", file=sys.stderr)
     return getattr(torch, name)
 
 
@@ -157,6 +181,7 @@ def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", ada
 
 def fingerprint(ref: str, adapter: str | None = None, dtype: str = "float32", load_in_4bit: bool = False) -> str:
     """A short hash that changes whenever the weights a model computes with, or their precision, change."""
+    dtype = resolve_dtype(dtype)
     path = resolve(ref)
     h = hashlib.sha256(ref.encode())
     if dtype != "float32" or load_in_4bit:  # float32 keys stay as they were before precision was a choice

@@ -9,13 +9,15 @@ little without them. Timings are not DVC metrics: they differ from run to run an
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import sys
 import time
 
-from . import HumpbackError
+from . import HumpbackError, work
 
 TIMINGS_LOG = os.path.join("logs", "timings.log")
+WORK_LOG = os.path.join("logs", "work.jsonl")  # per stage run: seconds and tokens computed (humpback.work)
 
 
 def cpu_model() -> str:
@@ -40,10 +42,15 @@ def report_timing(stage: str, seconds: float) -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     line = f"timings: {stage} {seconds:.1f}s (cpu: {cpu_model()} x{os.cpu_count()}, load: {load:.2f})"
     print(line, file=sys.stderr)
+    now = f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ}"
+    record = {"time": now, "stage": stage, "seconds": round(seconds, 2), "cpu": cpu_model(), "cores": os.cpu_count(),
+              "load": round(load, 2), "tokens": dict(work.TOKENS)}
     try:
         os.makedirs(os.path.dirname(TIMINGS_LOG), exist_ok=True)
         with open(TIMINGS_LOG, "a", encoding="utf-8") as f:
-            f.write(f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%dT%H:%M:%SZ} {line}\n")
+            f.write(f"{now} {line}\n")
+        with open(WORK_LOG, "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
     except OSError:
         pass  # a read-only checkout still runs; the stderr line is the record
     return line

@@ -3,7 +3,8 @@
 Data are prompt-completion pairs, so trl computes the loss on completion tokens only.
 
 Speed on CPU (benchmarks/bench_train.py, benchmarks/RESULTS.md):
-- `model.dtype: bfloat16` computes in bf16 (native on CPUs with AVX512-BF16 or AMX); see `precision_flags`.
+- `model.dtype: auto` computes in bf16 where the device has it natively (AVX512-BF16 or AMX), else fp32;
+  see `precision_flags`.
 - The LM head runs only at positions that have a label (`_lm_head_on_label_positions_only`): a prompt's
   positions are most of an inverse-SFT example and contribute nothing to the loss.
 - `packing` (trl BFD packing, padding-free rows with block-diagonal attention) and `group_by_length`
@@ -29,9 +30,9 @@ import sys
 
 import torch
 
-from . import HumpbackError
+from . import HumpbackError, work
 from .config import ModelParams, TrainParams
-from .models import cache_dir, fingerprint, load_model, load_tokenizer, torch_dtype
+from .models import cache_dir, fingerprint, load_model, load_tokenizer, resolve_dtype, torch_dtype
 from .stage import is_main_process
 
 # Optimizer steps between checkpoints (rounded up to a multiple of logging_steps); the default profile's
@@ -39,6 +40,7 @@ from .stage import is_main_process
 # HUMPBACK_CHECKPOINT_STEPS to change it, 0 for no checkpoints. Not a param: it never changes a result.
 CHECKPOINT_STEPS = 10
 KEEP_CHECKPOINTS = 2  # the newest may be cut short by a kill; the one before it is then complete
+ADAPTER_METADATA = "humpback.json"  # beside the adapter: its base reference and the resolved model.dtype
 _RESUME_DIR = "humpback"  # in each checkpoint, written last: the DVCLive directory and our counters
 
 
@@ -77,16 +79,16 @@ def precision_flags(model: ModelParams, on_gpu: bool) -> dict:
     adapter stay fp32. Loading the base weights in bf16 instead measured the same speed (benchmarks/RESULTS.md)
     and rounds more. float32 computes in fp32. On GPU, bf16 autocast where supported, as before.
     """
-    if on_gpu:
-        return {"bf16": torch.cuda.is_bf16_supported(), "fp16": False}
-    return {"bf16": torch_dtype(model.dtype) == torch.bfloat16, "fp16": False}
+    dtype = torch_dtype(model.dtype)
+    return {"bf16": dtype == torch.bfloat16, "fp16": on_gpu and dtype == torch.float16}
 
 
 def base_load_dtype(model: ModelParams, on_gpu: bool) -> str:
     """The dtype the base weights are loaded in for training: fp32 under CPU autocast, else model.dtype."""
-    if not on_gpu and not model.load_in_4bit and model.dtype == "bfloat16":
+    dtype = resolve_dtype(model.dtype)
+    if not on_gpu and not model.load_in_4bit and dtype == "bfloat16":
         return "float32"
-    return model.dtype
+    return dtype
 
 
 def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval: list[dict],
@@ -183,11 +185,17 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     if resume:
         print(f"{name}: resuming from step {resume.step} ({resume.path})", file=sys.stderr)
     result = trainer.train(resume_from_checkpoint=resume.path if resume else None)
-    metrics = {"train_loss": round(result.training_loss, 4), "train_examples": kept,
+    metrics = {"dtype": resolve_dtype(model.dtype), "train_loss": round(result.training_loss, 4), "train_examples": kept,
                "dropped_too_long": len(train) - kept, "steps": result.global_step}
     if eval:
-        metrics["eval_loss"] = round(trainer.evaluate()["eval_loss"], 4)
+        last = next((h for h in reversed(trainer.state.log_history) if "eval_loss" in h), None)
+        if last is None or last["step"] != result.global_step:  # else the last step's evaluation is this one
+            last = trainer.evaluate()
+        metrics["eval_loss"] = round(last["eval_loss"], 4)
         metrics["eval_examples"] = len(trainer.eval_dataset)
+    evals = sum("eval_loss" in h for h in trainer.state.log_history)
+    work.add(train=getattr(trainer, "_total_train_tokens", 0),
+             train_eval=evals * sum(len(x["input_ids"]) for x in trainer.eval_dataset) if eval else 0)
     trainer.accelerator.wait_for_everyone()
     if not main:
         return metrics
@@ -198,6 +206,10 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
     trainer.accelerator.unwrap_model(trainer.model).save_pretrained(tmp, safe_serialization=True)
     tokenizer.save_pretrained(tmp)
     name_base_by_reference(tmp, model.base)  # also sorts the config's lists (peft writes sets in hash order)
+    with open(os.path.join(tmp, ADAPTER_METADATA), "w", encoding="utf-8") as f:  # what peft's config does not say
+        json.dump({"base_model": model.base, "dtype": metrics["dtype"], "load_in_4bit": model.load_in_4bit}, f,
+                  indent=2, sort_keys=True)
+        f.write("\n")
     shutil.rmtree(output_dir, ignore_errors=True)
     os.replace(tmp, output_dir)
     if run:

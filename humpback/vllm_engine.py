@@ -401,11 +401,11 @@ def open_vllm_engine(ref: str, model_params, batch_size: int, adapter: str | Non
     if m.load_in_4bit:
         raise HumpbackError("engine: vllm does not load 4-bit (bitsandbytes) models on CPU: set model.load_in_4bit: false "
                             "or use engine: native")
-    models.torch_dtype(m.dtype)  # validates the name
+    dtype = models.resolve_dtype(m.dtype)  # vLLM's own "auto" would mean the checkpoint's dtype
     _cpu_env()
     vllm = import_vllm()
     tok = models.load_tokenizer(adapter or ref)
-    path = merged_model_dir(ref, adapter, m.dtype)
+    path = merged_model_dir(ref, adapter, dtype)
     from transformers import GenerationConfig
 
     try:  # the native engine's EOS ids: the tokenizer's and the generation config's
@@ -415,7 +415,7 @@ def open_vllm_engine(ref: str, model_params, batch_size: int, adapter: str | Non
     configured = configured if isinstance(configured, list) else [configured]
     eos_ids = sorted({tok.eos_token_id, *configured} - {None})
     start = time.perf_counter()
-    kwargs = dict(tokenizer=path, dtype=m.dtype, enforce_eager=enforce_eager, enable_prefix_caching=True,
+    kwargs = dict(tokenizer=path, dtype=dtype, enforce_eager=enforce_eager, enable_prefix_caching=True,
                   seed=0, generation_config="vllm", max_num_seqs=max(1, batch_size))
     if hidden_state:
         kwargs["max_logprobs"] = -1  # the full vector, from which next_token_features recovers the hidden state
@@ -427,6 +427,6 @@ def open_vllm_engine(ref: str, model_params, batch_size: int, adapter: str | Non
     if isinstance(head, str):
         head = f"the hidden state of {ref} cannot be recovered: {head}"
     startup = time.perf_counter() - start
-    return VllmEngine(llm, tok, vllm_fingerprint(ref, adapter, m.dtype, enforce_eager), batch_size,
+    return VllmEngine(llm, tok, vllm_fingerprint(ref, adapter, dtype, enforce_eager), batch_size,
                       ResultCache.default(), add_special_tokens=not (chat and tok.chat_template), eos_ids=eos_ids,
                       startup_seconds=startup, head=head)

@@ -22,16 +22,16 @@ def main():
     final = response_nll(PeftModel.from_pretrained(model, "models/final"), tok, heldout, e.batch_size,
                          e.max_length, desc="evaluate final", system=system)
     del model
-    metrics = {"heldout_pairs": len(heldout), "base": base, "final": final,
+    metrics = {"dtype": models.resolve_dtype(m.dtype), "heldout_pairs": len(heldout), "base": base, "final": final,
                "nll_delta": round(final["nll"] - base["nll"], 4)}
 
     judged = heldout[: e.judged]
     if judged:
         engine = params.launch.engine
         prompts_ = [prompts.chat_prompt(tok, x["instruction"], system) for x in judged]
-        base_engine = open_engine(m.base, m, e.batch_size, chat=True, engine=engine)
+        base_engine = open_engine(m.base, m, e.respond_batch_size, chat=True, engine=engine)
         base_out = judge.respond(base_engine, prompts_, e.max_new_tokens, desc="respond base")
-        final_out = judge.respond(open_engine(m.base, m, e.batch_size, adapter="models/final", chat=True,
+        final_out = judge.respond(open_engine(m.base, m, e.respond_batch_size, adapter="models/final", chat=True,
                                               engine=engine),
                                   prompts_, e.max_new_tokens, desc="respond final")
         ref, adapter = recipe.judge_model(params)

@@ -18,7 +18,7 @@ def main():
     if not is_main_process():  # under `accelerate launch`: the main process writes the outs
         return
     formats.write_json(recipe.ROUNDS["round1"].rated, rated)
-    formats.write_json("metrics/rate.json", curation.rate_metrics(rated))
+    formats.write_json("metrics/rate.json", {"dtype": engine.dtype, **curation.rate_metrics(rated)})
     formats.write_json("plots/score_histogram.json", curation.score_histogram(rated))
     engine.report("rate")
 

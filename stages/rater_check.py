@@ -15,7 +15,7 @@ def main():
     rater, rated, metrics = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
     rater.save("models/rater")
     formats.write_json("data/rater_check_scored.json", rated)
-    formats.write_json("metrics/rater_check.json", {"rater": c.rater, "scoring": c.scoring, **metrics})
+    formats.write_json("metrics/rater_check.json", {"rater": c.rater, "scoring": c.scoring, "dtype": engine.dtype, **metrics})
     engine.report("rater_check")
 
 

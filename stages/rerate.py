@@ -27,7 +27,7 @@ def main():
     if not is_main_process():  # under `accelerate launch`: the main process writes the outs
         return
     formats.write_json(final.rated, rated)
-    formats.write_json("metrics/rerate.json", {"iterations": 2, **curation.rate_metrics(rated),
+    formats.write_json("metrics/rerate.json", {"iterations": 2, "dtype": engine.dtype, **curation.rate_metrics(rated),
                                                "rater_check": check})
     engine.report("rerate")
 

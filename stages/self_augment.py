@@ -27,6 +27,7 @@ def main():
     ]
     formats.write_json("data/self_augmented.json", augmented)
     formats.write_json("metrics/self_augment.json", {
+        "dtype": engine.dtype,
         "samples": len(augmented),
         "empty_instructions": sum(1 for a in augmented if not a["instruction"]),
         "mean_instruction_words": round(sum(len(a["instruction"].split()) for a in augmented) / len(augmented), 2),

@@ -77,6 +77,14 @@ def test_every_output_has_its_schema_and_counts(workspace):
     assert [s["instruction"] for s in samples] == [x["instruction"] for x in load(ws, "data/lima_heldout.json")[:4]]
     assert all(s["verdict"] in ("win", "tie", "loss") and s["base"] is not None for s in samples)
     assert ev["heldout_pairs"] == 8
+    # model.dtype: auto is recorded as what it resolved to, in every stage that ran a model, and beside the adapters
+    from humpback.models import resolve_dtype
+
+    dtype = resolve_dtype("auto")  # the tiny workspace keeps the default params.yaml's model.dtype
+    for rel in ("inverse_sft", "self_augment", "rater_check", "rate", "finetune", "evaluate"):
+        assert load(ws, f"metrics/{rel}.json")["dtype"] == dtype, rel
+    for d in ("models/backward", "models/final"):
+        assert load(ws, f"{d}/humpback.json")["dtype"] == dtype
     assert ev["base"]["nll"] > 0 and ev["final"]["nll"] > 0
     assert ev["nll_delta"] == pytest.approx(ev["final"]["nll"] - ev["base"]["nll"], abs=1e-3)
 
