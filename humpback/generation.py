@@ -43,6 +43,7 @@ from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
 from . import HumpbackError, work
+from .dist import process_state, world_size
 
 # Bumped when the sampler changes what a seeded sampled result is, so the cache never mixes them.
 SAMPLER_VERSION = 2
@@ -109,14 +110,6 @@ def result_key(*parts) -> str:
 def batch_key(batch: list[tuple[str, object]], key: str) -> str:
     """Where an item's result is cached: its key within its batch (the keys of all the batch's items)."""
     return result_key("batch", [k for k, _ in batch], key)
-
-
-def process_state():
-    """accelerate's state of this process: one process under plain `python`, N under `accelerate launch`.
-    CPU processes talk over gloo (accelerate takes the CPU path only when asked)."""
-    from accelerate import PartialState
-
-    return PartialState(cpu=not torch.cuda.is_available())
 
 
 class _BufferLayer(DynamicLayer):
@@ -494,7 +487,7 @@ def open_engine(ref: str, model_params, batch_size: int, adapter: str | None = N
     if engine == "vllm":
         from .vllm_engine import open_vllm_engine
 
-        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # each process would start its own vLLM on all devices
+        if world_size() > 1:  # each process would start its own vLLM on all devices
             raise HumpbackError("launch.engine: vllm runs in one process (vLLM batches and parallelises by "
                                 "itself): set launch.num_processes: 1, or launch.engine: native")
 

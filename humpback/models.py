@@ -19,7 +19,7 @@ import sys
 
 import torch
 
-from . import HumpbackError
+from . import HumpbackError, dist
 from .config import DTYPES
 
 
@@ -163,8 +163,7 @@ def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", ada
             bnb_4bit_compute_dtype=dtype_,
         )
     if torch.cuda.is_available():  # under `accelerate launch`, each process holds a whole copy on its GPU
-        world = int(os.environ.get("WORLD_SIZE", "1"))
-        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))} if world > 1 else "auto"
+        kwargs["device_map"] = {"": dist.local_rank()} if dist.world_size() > 1 else "auto"
     try:
         model = AutoModelForCausalLM.from_pretrained(resolve(ref), **kwargs)
     except OSError as e:

@@ -15,6 +15,7 @@ import sys
 import time
 
 from . import HumpbackError, work
+from .dist import is_main_process
 
 TIMINGS_LOG = os.path.join("logs", "timings.log")
 WORK_LOG = os.path.join("logs", "work.jsonl")  # per stage run: seconds and tokens computed (humpback.work)
@@ -54,16 +55,6 @@ def report_timing(stage: str, seconds: float) -> str:
     except OSError:
         pass  # a read-only checkout still runs; the stderr line is the record
     return line
-
-
-def is_main_process() -> bool:
-    """True in a plain `python` run, and in the main one of the processes `accelerate launch` started:
-    the process that writes a stage's outs (the others compute their share and stop)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return True  # no launcher: do not pay for importing accelerate
-    from .generation import process_state
-
-    return process_state().is_main_process
 
 
 def run(main, timed: bool = True) -> None:

@@ -30,10 +30,10 @@ import sys
 
 import torch
 
-from . import HumpbackError, work
+from . import HumpbackError, dist, work
 from .config import ModelParams, TrainParams
 from .models import cache_dir, fingerprint, load_model, load_tokenizer, resolve_dtype, torch_dtype
-from .stage import is_main_process
+from .dist import is_main_process
 
 # Optimizer steps between checkpoints (rounded up to a multiple of logging_steps); the default profile's
 # 40-step inverse_sft and seed_sft save at 10, 20 and 30, its 12-step finetune at 10. Set
@@ -220,13 +220,11 @@ def train_lora(model: ModelParams, params: TrainParams, train: list[dict], eval:
 
 def _from_main_process(run_path: str | None, resume: "_Checkpoint | None"):
     """The main process's checkpoint directory and checkpoint to resume, in every process."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    if dist.world_size() <= 1:
         return run_path, resume
     from accelerate.utils import broadcast_object_list
 
-    from .generation import process_state
-
-    process_state()  # joins the process group, once
+    dist.process_state()  # joins the process group, once
     return tuple(broadcast_object_list([run_path, resume]))
 
 
@@ -272,7 +270,7 @@ def run_key(model: ModelParams, params: TrainParams, train: list[dict], eval: li
         [type(params).__name__, dataclasses.asdict(params)],
         train,
         eval,
-        [output_dir, live_dir, on_gpu, int(os.environ.get("WORLD_SIZE", "1"))],  # processes: the data each sees
+        [output_dir, live_dir, on_gpu, dist.world_size()],  # processes: the data each sees
         {d: version(d) for d in ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "dvclive",
                                  "safetensors")},
         [source(sys.modules[__name__]), source(models)],

@@ -7,7 +7,8 @@ import sys
 
 from humpback import HumpbackError, formats, models, prompts, recipe
 from humpback.config import load_params
-from humpback.stage import is_main_process, run
+from humpback.dist import is_main_process
+from humpback.stage import run
 from humpback.training import train_lora
 
 

@@ -7,7 +7,8 @@ import shutil
 from humpback import curation, formats, recipe
 from humpback.config import load_params
 from humpback.generation import open_engine
-from humpback.stage import is_main_process, run
+from humpback.dist import is_main_process
+from humpback.stage import run
 
 
 def main():

@@ -3,7 +3,8 @@ rates the augmented pairs under curation.rater: self, as in the paper."""
 
 from humpback import formats, models, prompts, recipe
 from humpback.config import load_params
-from humpback.stage import is_main_process, run
+from humpback.dist import is_main_process
+from humpback.stage import run
 from humpback.training import train_lora
 
 

@@ -3,7 +3,8 @@
 from humpback import formats, prompts
 from humpback.config import load_params
 from humpback.generation import Decoding, open_engine
-from humpback.stage import is_main_process, run
+from humpback.dist import is_main_process
+from humpback.stage import run
 
 
 def main():
