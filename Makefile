@@ -10,7 +10,8 @@ repro: setup
 s3:
 	bash scripts/dev-s3
 
-# Quickstart 2: set up, then run the test suite; then the vLLM engine's tests, in a venv with vLLM added.
+# Quickstart 2: set up, then run the test suite (on 2 xdist workers: pyproject.toml; it lists its 10
+# slowest tests at the end); then the vLLM engine's tests, in a venv with vLLM added.
 test: setup
-	python -m pytest -q
+	python -m pytest -q --durations=10
 	bash scripts/test-vllm

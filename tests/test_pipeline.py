@@ -16,11 +16,9 @@ def load(ws, rel):
 
 
 @pytest.fixture(scope="module")
-def workspace(tmp_path_factory, repo_root, tiny_model):
-    ws = tiny.make_workspace(str(tmp_path_factory.mktemp("ws")), repo_root, tiny_model)
-    proc = tiny.run(["dvc", "repro"], ws)
-    assert tiny.ran_stages(proc.stdout) == STAGES
-    return ws
+def workspace(tmp_path_factory, tiny_run):
+    """A copy of conftest's tiny_run: the whole tiny pipeline after `dvc repro`, every stage run."""
+    return tiny.copy_workspace(tiny_run[0], str(tmp_path_factory.mktemp("ws")))
 
 
 def test_every_output_has_its_schema_and_counts(workspace):

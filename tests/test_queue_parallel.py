@@ -47,17 +47,17 @@ def metrics_of(ws, names):
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, repo_root, tiny_model):
-    """A committed tiny workspace after `dvc repro`, and two copies of its result cache in that state."""
+def setup(tmp_path_factory, tiny_run):
+    """A committed tiny workspace after `dvc repro` (a copy of conftest's tiny_run: every stage ran), and two
+    copies of its result cache in that state."""
     caches = tmp_path_factory.mktemp("queue-caches")
     par_env = {"HUMPBACK_CACHE_DIR": str(caches / "parallel"), "OMP_NUM_THREADS": "1"}
     seq_env = {"HUMPBACK_CACHE_DIR": str(caches / "sequential"), "OMP_NUM_THREADS": "1"}
-    ws = tiny.make_workspace(str(tmp_path_factory.mktemp("queue-ws")), repo_root, tiny_model)
-    proc = tiny.run(["dvc", "repro"], ws, env=par_env)
-    assert tiny.ran_stages(proc.stdout) == tiny.STAGES
+    ws = tiny.copy_workspace(tiny_run[0], str(tmp_path_factory.mktemp("queue-ws")))
     tiny.run(["git", "add", "-A"], ws)
     tiny.run(["git", "commit", "-qm", "tiny repro"], ws)
-    shutil.copytree(caches / "parallel", caches / "sequential")  # no process uses it now
+    for name in ("parallel", "sequential"):
+        shutil.copytree(tiny_run[1], caches / name)  # no process uses it now
     yield ws, par_env, seq_env
     # A worker whose monitor died never exits by itself; this workspace is discarded, so a stale stop is harmless.
     tiny.run(["dvc", "queue", "stop"], ws, check=False)

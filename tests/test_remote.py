@@ -107,11 +107,10 @@ def use_endpoint(ws: str, endpoint: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def pushed(tmp_path_factory, repo_root, tiny_model, s3, env):
-    """A tiny workspace, reproduced, committed (dvc.lock included) and pushed; with the md5s of its outs."""
-    ws = tiny.make_workspace(str(tmp_path_factory.mktemp("remote-ws")), repo_root, tiny_model)
-    proc = tiny.run(["dvc", "repro"], ws, env=env)
-    assert tiny.ran_stages(proc.stdout) == STAGES
+def pushed(tmp_path_factory, tiny_run, s3, env):
+    """A tiny workspace, reproduced (a copy of conftest's tiny_run: every stage ran), committed (dvc.lock
+    included) and pushed; with the md5s of its outs."""
+    ws = tiny.copy_workspace(tiny_run[0], str(tmp_path_factory.mktemp("remote-ws")))
     tiny.run(["git", "add", "-A"], ws)
     tiny.run(["git", "commit", "-qm", "tiny repro"], ws)
     use_endpoint(ws, s3)

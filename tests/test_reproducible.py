@@ -18,14 +18,15 @@ def out_hashes(ws: str) -> dict:
     return {(stage, o["path"]): o.get("md5") for stage, body in lock["stages"].items() for o in body.get("outs", [])}
 
 
-def test_two_clones_with_two_caches_give_identical_out_hashes(tmp_path_factory, repo_root, tiny_model):
-    hashes, roots = [], []
-    for name in ("clone-a", "clone-b"):
-        ws = tiny.make_workspace(str(tmp_path_factory.mktemp(name) / "nested" / "project"), repo_root, tiny_model)
-        cache = str(tmp_path_factory.mktemp(f"{name}-model-cache"))
-        tiny.run(["dvc", "repro", "-f"], ws, env={"HUMPBACK_CACHE_DIR": cache})
-        hashes.append(out_hashes(ws))
-        roots.append((ws, cache))
+def test_two_clones_with_two_caches_give_identical_out_hashes(tmp_path_factory, repo_root, tiny_model, tiny_run):
+    # Clone a: conftest's tiny_run, a fresh workspace reproduced with a fresh cache of its own (every stage
+    # ran; the modules that start from it work on copies). Clone b: another path, another fresh cache.
+    roots = [tiny_run]
+    ws = tiny.make_workspace(str(tmp_path_factory.mktemp("clone-b") / "nested" / "project"), repo_root, tiny_model)
+    cache = str(tmp_path_factory.mktemp("clone-b-model-cache"))
+    tiny.run(["dvc", "repro", "-f"], ws, env={"HUMPBACK_CACHE_DIR": cache})
+    roots.append((ws, cache))
+    hashes = [out_hashes(ws) for ws, _ in roots]
     assert len(hashes[0]) >= 15 and all(hashes[0].values())
     assert hashes[0] == hashes[1]
     # no out names the clone or the cache it was made in

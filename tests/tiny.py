@@ -151,6 +151,18 @@ def make_workspace(dest: str, repo: str, model_dir: str, **overrides) -> str:
     return dest
 
 
+def copy_workspace(src: str, dest: str) -> str:
+    """A copy of a workspace to work on (git, the DVC cache and every out included), e.g. of conftest's
+    tiny_run, which every module that starts from a reproduced tiny pipeline shares. Not .dvc/tmp (DVC's
+    locks, the queue): DVC makes its own in the copy."""
+    import shutil
+
+    dvc_dir = os.path.join(os.path.abspath(src), ".dvc")
+    shutil.copytree(src, dest, symlinks=True, dirs_exist_ok=True,
+                    ignore=lambda d, names: ["tmp"] if os.path.abspath(d) == dvc_dir else [])
+    return dest
+
+
 def ran_stages(output: str) -> list[str]:
     import re
 
