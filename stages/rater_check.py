@@ -1,6 +1,6 @@
 """rater_check: fit the scoring mode on the dev part of the labelled rater set, measure it on the test part."""
 
-from humpback import curation, formats, recipe
+from humpback import curation, formats, paths, recipe
 from humpback.config import load_params
 from humpback.generation import open_engine
 from humpback.stage import run
@@ -13,9 +13,9 @@ def main():
     engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True,
                          engine=params.launch.engine)
     rater, rated, metrics = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
-    rater.save("models/rater")
-    formats.write_json("data/rater_check_scored.json", rated)
-    formats.write_json("metrics/rater_check.json", {"rater": c.rater, "scoring": c.scoring, "dtype": engine.dtype, **metrics})
+    rater.save(paths.RATER)
+    formats.write_json(paths.RATER_CHECK_SCORED, rated)
+    formats.write_json(paths.metrics("rater_check"), {"rater": c.rater, "scoring": c.scoring, "dtype": engine.dtype, **metrics})
     engine.report("rater_check")
 
 
