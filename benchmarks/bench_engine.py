@@ -59,7 +59,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch  # noqa: E402
 
 from humpback import curation, formats, models, prompts  # noqa: E402
-from humpback.generation import Decoding, Engine  # noqa: E402
+from humpback.engine import Decoding, Engine  # noqa: E402
 
 MAX_TOKENS = 160  # params.yaml inverse_sft.max_response_tokens
 MAX_NEW_TOKENS = 48  # params.yaml augment.max_new_tokens

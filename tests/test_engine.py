@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from humpback import models, prompts
-from humpback.generation import Decoding, Engine, ResultCache
+from humpback.engine import Decoding, Engine, ResultCache
 
 RESPONSES = [
     "Water boils at 100 degrees Celsius at sea level.",
