@@ -23,7 +23,7 @@ from __future__ import annotations
 import copy
 
 import torch
-from transformers import DynamicCache
+from transformers import DynamicCache, TopPLogitsWarper
 from transformers.cache_utils import DynamicLayer
 
 from .. import work
@@ -32,15 +32,6 @@ from .kv_cache import buffer_cache
 
 # Bumped when the sampler changes what a seeded sampled result is, so the cache never mixes them.
 SAMPLER_VERSION = 2
-
-
-def _top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
-    """Nucleus filtering, as transformers' TopPLogitsWarper (keeps at least one token)."""
-    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
-    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (1 - top_p)
-    remove[..., -1:] = False
-    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), float("-inf"))
 
 
 class Engine(BatchedEngine):
@@ -143,14 +134,16 @@ class Engine(BatchedEngine):
         out: list[list[int]] = [[] for _ in batch]
         rows = list(range(len(batch)))  # which result each row of the tensors belongs to
         finished: set[int] = set()
-        generators = None
+        generators = top_p = None
         if decoding.do_sample:  # per row, seeded by the row's key (which includes decoding.seed)
             generators = [torch.Generator(device=self.device).manual_seed(int(k[:15], 16)) for k, _ in batch]
+            if decoding.top_p < 1.0:
+                top_p = TopPLogitsWarper(decoding.top_p)  # nucleus filtering; keeps at least one token
         for step in range(decoding.max_new_tokens):
             if decoding.do_sample:
                 scores = logits.float() / decoding.temperature
-                if decoding.top_p < 1.0:
-                    scores = _top_p_filter(scores, decoding.top_p)
+                if top_p is not None:
+                    scores = top_p(None, scores)
                 probs = scores.softmax(-1)
                 # Finished rows still present draw from their own generator too; their draws are ignored
                 # and never affect another row.
