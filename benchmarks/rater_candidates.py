@@ -15,7 +15,7 @@ import torch
 
 from humpback import curation
 from humpback.config import CurationParams, ModelParams
-from humpback.generation import open_engine
+from humpback.engine import open_engine
 
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 

@@ -8,7 +8,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 from . import formats, prompts
-from .generation import Decoding, Engine
+from .engine import Decoding, Engine
 
 SCORE_LEAD = "Score:"
 SENTINEL = "\x00PAIR\x00"

@@ -33,7 +33,7 @@ from __future__ import annotations
 import os
 
 from .curation import chat_parts
-from .generation import Decoding, Engine
+from .engine import Decoding, Engine
 
 ANSWERS = ("1", "2")  # digits: tokenizers split digits into single tokens (Llama, SmolLM2, the tiny test one)
 ANSWER_LEAD = "Better response:"

@@ -140,7 +140,7 @@ class Smoke:
 
     def step_generate(self) -> str:
         from humpback import prompts
-        from humpback.generation import Decoding, open_engine
+        from humpback.engine import Decoding, open_engine
 
         params, model = self.state["params"], self.state["model"]
         a = params.augment
@@ -174,7 +174,7 @@ class Smoke:
 
     def step_rate(self) -> str:
         from humpback import curation, recipe
-        from humpback.generation import open_engine
+        from humpback.engine import open_engine
 
         params = self.state["params"]
         c = params.curation
@@ -195,7 +195,7 @@ class Smoke:
         import dataclasses
 
         from humpback import curation
-        from humpback.generation import open_engine
+        from humpback.engine import open_engine
 
         params, model = self.state["params"], self.state["model"]
         c = params.curation
@@ -222,7 +222,7 @@ class Smoke:
         import torch
 
         from humpback import models
-        from humpback.generation import Decoding, Engine
+        from humpback.engine import Decoding, Engine
 
         bnb = self._bitsandbytes()
         params, model = self.state["params"], self.state["model"]

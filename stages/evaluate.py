@@ -5,7 +5,7 @@ answer (evaluate.judge: rater), or a pairwise judge model in both orders."""
 from humpback import curation, formats, judge, models, paths, prompts, recipe
 from humpback.config import load_params
 from humpback.evaluation import response_nll
-from humpback.generation import open_engine
+from humpback.engine import open_engine
 from humpback.stage import run
 
 

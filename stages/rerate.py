@@ -6,7 +6,7 @@ import shutil
 
 from humpback import curation, formats, paths, recipe
 from humpback.config import load_params
-from humpback.generation import open_engine
+from humpback.engine import open_engine
 from humpback.dist import is_main_process
 from humpback.stage import run
 

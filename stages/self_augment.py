@@ -2,7 +2,7 @@
 
 from humpback import formats, paths, prompts
 from humpback.config import load_params
-from humpback.generation import Decoding, open_engine
+from humpback.engine import Decoding, open_engine
 from humpback.dist import is_main_process
 from humpback.stage import run
 

