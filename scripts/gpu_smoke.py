@@ -8,7 +8,7 @@ test suite (tests/tiny.py), so they take seconds, not minutes:
 - build      a tiny random Llama and its tokenizer (tests/tiny.py), hidden size 64 (bitsandbytes
              quantizes blocks of 64 values), and the tiny profile's params (tiny.tiny_params)
 - train      inverse SFT with the tiny profile's inverse_sft params: humpback.training.train_lora
-- generate   humpback.generation.open_engine with that adapter writes instructions, greedy and sampled
+- generate   humpback.engine.open_engine with that adapter writes instructions, greedy and sampled
 - rate       the tiny profile's rater (curation.scoring) rates those pairs: humpback.curation.Rater
 - probe      the default profile's scoring: the probe rater fit and measured on part of data/rater_check
 - 4bit       humpback.models.load_model(load_in_4bit=True): nf4 layers, a forward pass, engine decoding
