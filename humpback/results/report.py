@@ -23,7 +23,7 @@ from .render import esc, render as render_template
 THRESHOLDS = (3, 4, 5)
 BINS = select.BINS
 SNIPPET = 110  # characters of a response shown before it is expanded
-REASONING = 300  # the same for the rater's reasoning
+REASONING = 300  # characters of the rater's reasoning, likewise
 
 
 def _number(value) -> float | None:
@@ -40,16 +40,17 @@ def score_bin(record: dict) -> str:
     return select.score_bin(score_of(record))
 
 
+def _scores(rated: list[dict]) -> list[dict]:
+    """What `curate` reads of each pair: its position as the id, and the score this page shows."""
+    return [{"id": i, "score": score_of(r)} for i, r in enumerate(rated)]
+
+
 def kept_flags(rated: list[dict], threshold: float, selection: str = "score", seed: int = 0) -> list[bool]:
     """Per pair, whether `curate` keeps it. By position: a hand-edited file's ids may repeat or be absent
     (the pipeline's are unique, so `curate` keeps the same pairs)."""
     scores = _scores(rated)
     kept = {r["id"] for r in select.curate(scores, threshold, selection, seed)}
     return [i in kept for i in range(len(rated))]
-
-
-def _scores(rated: list[dict]) -> list[dict]:
-    return [{"id": i, "score": score_of(r)} for i, r in enumerate(rated)]
 
 
 def continuous_score(record: dict) -> float | None:
