@@ -59,7 +59,9 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from humpback import curation, formats, models, prompts  # noqa: E402
+from humpback import formats, models, prompts  # noqa: E402
+
+from humpback.curation.rater import digit_candidates, rater_prompt_parts
 from humpback.engine import Decoding, Engine  # noqa: E402
 
 MAX_TOKENS = 160  # params.yaml inverse_sft.max_response_tokens
@@ -222,8 +224,8 @@ def bench_augment(model, tok, records, batch_sizes: list[int], baseline, fm: Flo
 
 def bench_rate(model, tok, pairs, batch_size: int, baseline, fm: FlopModel, round_size: int) -> dict:
     add_bos = not tok.chat_template
-    head, template = curation.rater_prompt_parts(tok, "expected")  # exactly what rate() builds
-    joiner, candidates = curation.digit_candidates(tok)
+    head, template = rater_prompt_parts(tok, "expected")  # exactly what rate() builds
+    joiner, candidates = digit_candidates(tok)
     head_ids = tok(head, add_special_tokens=add_bos)["input_ids"]
 
     def engine(module=None):

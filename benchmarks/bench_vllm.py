@@ -5,7 +5,7 @@ Two jobs, each as its stage runs it with the default profile's model (SmolLM2-13
   `--n` sampled LIMA responses, greedy, 48 new tokens, batch 32 (prompts.BACKWARD_PREFIX +
   prompts.backward_suffix(...), as stages/self_augment.py builds them);
 - `rate`: the rater (base + models/seed, M0, in its chat format) gives its digit distribution after
-  `Score:` for `--n` filtered self-augmented pairs (curation.rater_suffixes, the `expected` scoring's
+  `Score:` for `--n` filtered self-augmented pairs (rater_suffixes, the `expected` scoring's
   prompts), batch 8, through `next_token_features` as Rater.probabilities calls it;
 - `rate_probe`: the default scoring, `probe`: the same prompts plus the hidden state (recovered from vLLM's
   full log-probabilities) and relevance (continuation_logprobs), through the fitted probe in models/rater.
@@ -65,14 +65,15 @@ def self_augment_job(n: int):
 
 
 def rate_job(n: int):
-    from humpback import curation, formats
+    from humpback import formats
+    from humpback.curation.rater import rater_suffixes
     from humpback.config import load_params
 
     params = load_params(os.path.join(ROOT, "params.yaml"))
     pairs = formats.load_json(os.path.join(ROOT, "data/self_augmented_filtered.json"))[:n]
 
     def run(engine):
-        head, suffixes, candidates = curation.rater_suffixes(engine.tok, pairs)
+        head, suffixes, candidates = rater_suffixes(engine.tok, pairs)
         feats = engine.next_token_features(head, suffixes, candidates, desc="rate")
         return [f["logprobs"] for f in feats]
 
@@ -83,19 +84,21 @@ def rate_job(n: int):
 
 def rate_probe_job(n: int):
     """The default scoring: the fitted probe (models/rater) on the rater's hidden state, digit log-probabilities
-    and relevance (two continuation_logprobs passes): curation.rater_features, then curation.gated_probs."""
+    and relevance (two continuation_logprobs passes): rater_features, then gated_probs."""
     import torch
 
-    from humpback import curation, formats
+    from humpback import formats
+    from humpback.curation.probe import gated_probs
+    from humpback.curation.rater import Rater, rater_features
     from humpback.config import load_params
 
     params = load_params(os.path.join(ROOT, "params.yaml"))
     pairs = formats.load_json(os.path.join(ROOT, "data/self_augmented_filtered.json"))[:n]
-    rater = curation.Rater.load(os.path.join(ROOT, "models/rater"))
+    rater = Rater.load(os.path.join(ROOT, "models/rater"))
 
     def run(engine):
-        feats = curation.rater_features(engine, pairs, rater.relevance_tokens)
-        return torch.log(curation.gated_probs(rater.tensors, feats)).tolist()
+        feats = rater_features(engine, pairs, rater.relevance_tokens)
+        return torch.log(gated_probs(rater.tensors, feats)).tolist()
 
     return dict(name="rate (probe)", adapter=_rater_adapter(), chat=True, batch_size=params.curation.batch_size,
                 run=run, vllm_kwargs={"hidden_state": True})

@@ -139,7 +139,7 @@ def verdict_by_scores(score_base: float | None, score_final: float | None, margi
 
 def judge_by_rater(rater, engine: Engine, instructions: list[str], base_responses: list[str],
                    final_responses: list[str], margin: float) -> list[dict]:
-    """Judge with the fitted rubric rater (`curation.Rater`): each answer gets its expected score 1-5, and
+    """Judge with the fitted rubric rater (`curation.rater.Rater`): each answer gets its expected score 1-5, and
     the final model wins (loses) an item when its score is higher (lower) by at least `margin`."""
     if not len(instructions) == len(base_responses) == len(final_responses):
         raise ValueError("judge_by_rater needs as many base and final responses as instructions")

@@ -16,7 +16,7 @@ from .config import FinetuneParams, Params
 SKIPPED = "SKIPPED.md"
 
 
-def round_arg(argv: list[str]) -> Round:
+def round_arg(argv: list[str]) -> paths.Round:
     """The round a curate or finetune stage runs: `round1`, or the final round by default."""
     name = argv[1] if len(argv) > 1 else "final"
     if name not in paths.ROUNDS:

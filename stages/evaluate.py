@@ -2,10 +2,11 @@
 instructions, and a judge compares their answers (win, tie and loss rates): the fitted rater scoring each
 answer (evaluate.judge: rater), or a pairwise judge model in both orders."""
 
-from humpback import curation, formats, judge, models, paths, prompts, recipe
+from humpback import formats, judge, models, paths, prompts, recipe
 from humpback.config import load_params
-from humpback.evaluation import response_nll
+from humpback.curation.rater import Rater
 from humpback.engine import open_engine
+from humpback.evaluation import response_nll
 from humpback.stage import run
 
 
@@ -39,7 +40,7 @@ def main():
                                                                                        adapter=adapter, chat=True, engine=engine)
         instructions = [x["instruction"] for x in judged]
         if e.judge == "rater":  # the rater as fit and measured by rater_check scores each answer
-            rater = curation.Rater.load(paths.RATER)
+            rater = Rater.load(paths.RATER)
             verdicts = judge.judge_by_rater(rater, judge_engine, instructions, base_out, final_out, e.tie_margin)
         else:  # a pairwise judge, in both orders
             verdicts = judge.judge_pairs(judge_engine, instructions, base_out, final_out)

@@ -2,8 +2,8 @@
 
 from humpback import formats, paths, prompts
 from humpback.config import load_params
-from humpback.engine import Decoding, open_engine
 from humpback.dist import is_main_process
+from humpback.engine import Decoding, open_engine
 from humpback.stage import run
 
 

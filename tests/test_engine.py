@@ -148,16 +148,16 @@ def test_top_p_warper_filters_as_the_old_filter_did(top_p):
 
 
 def test_rating_in_batches_equals_rating_one_by_one(model, tiny_tokenizer):
-    from humpback import curation
+    from humpback.curation.rater import Rater
 
     pairs = [{"id": str(i), "instruction": f"Question {i}?", "response": r} for i, r in enumerate(RESPONSES)]
     add_bos = not tiny_tokenizer.chat_template
-    rater = curation.Rater("generate", max_new_tokens=10)
+    rater = Rater("generate", max_new_tokens=10)
     one = rater.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs)
     four = rater.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs)
     assert [r["rater_output"] for r in four] == [r["rater_output"] for r in one]
     assert any(r["rater_output"] for r in four)
-    rater = curation.Rater("expected")
+    rater = Rater("expected")
     one = rater.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs)
     four = rater.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs)
     assert [r["score_expected"] for r in four] == pytest.approx([r["score_expected"] for r in one], abs=0.011)

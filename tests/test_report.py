@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from browser import require_chromium
-from humpback import curation
+from humpback.curation.select import curate
 from humpback.results import browser, report
 
 XSS = '<script>alert("x")</script> & <b>bold</b>'
@@ -138,8 +138,8 @@ def kept_marks(page):
 
 def test_random_selection_marks_the_pairs_that_curate_keeps():
     pairs = rated_pairs()
-    kept = {p["id"] for p in curation.curate(pairs, 4, "random", seed=3)}
-    assert kept != {p["id"] for p in curation.curate(pairs, 4)}  # else this test would not tell them apart
+    kept = {p["id"] for p in curate(pairs, 4, "random", seed=3)}
+    assert kept != {p["id"] for p in curate(pairs, 4)}  # else this test would not tell them apart
     page = report.render(pairs, 4, None, selection="random", seed=3)
     assert kept_marks(page) == {p["id"]: "yes" if p["id"] in kept else "no" for p in pairs}
     s = report.summarize(pairs, 4, "random", 3)
@@ -153,7 +153,7 @@ def test_random_selection_marks_the_pairs_that_curate_keeps():
 
 def test_score_selection_marks_the_threshold_s_pairs():
     pairs = rated_pairs()
-    kept = {p["id"] for p in curation.curate(pairs, 4)}
+    kept = {p["id"] for p in curate(pairs, 4)}
     page = report.render(pairs, 4, None)
     assert kept_marks(page) == {p["id"]: "yes" if p["id"] in kept else "no" for p in pairs}
     assert "curation.selection" not in page
@@ -172,7 +172,7 @@ def test_stage_passes_the_selection_to_the_report(repo_root, tmp_path):
 
 def test_the_report_does_not_load_torch(repo_root):
     """The report stage reads ratings only: no model, no engine, so it starts in a moment."""
-    code = "import sys; import humpback.results.report; print(sorted(m for m in ('torch', 'humpback.generation') if m in sys.modules))"
+    code = "import sys; import humpback.results.report; print(sorted(m for m in ('torch', 'humpback.engine') if m in sys.modules))"
     proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": repo_root},
                           capture_output=True, text=True, check=True)
     assert proc.stdout.strip() == "[]"

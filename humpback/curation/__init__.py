@@ -6,33 +6,7 @@
 - `check`: the labelled rater check and its metrics;
 - `select`: the keep rule, `curate`, and the rate and curate metrics (no torch).
 
-`curation.Rater`, `curation.curate` and the other names below are loaded on first use, so that
-importing `humpback.curation.select` (the report) does not load torch and the engine.
+Import from the module that holds a name (`from humpback.curation.select import curate`): the package
+itself imports nothing, so that `select` (the curate stages and the report) loads neither torch nor the
+engine, and each stage's dvc.yaml deps are exactly the modules it reads.
 """
-
-from __future__ import annotations
-
-import importlib
-
-_EXPORTS = {
-    "rater": ("Rater", "SCORINGS", "SCORE_LEAD", "CONTENT_FREE", "fit_rater", "check_rater", "rater_prompt_parts",
-              "digit_candidates", "rater_suffixes", "content_free_logprobs", "relevance", "rater_features"),
-    "probe": ("expected", "fit_head", "head_probs", "fit_gate", "gated_probs"),
-    "check": ("RATER_CHECK_FIELDS", "load_rater_check", "rater_check_items", "spearman", "auc",
-              "rater_check_metrics", "rating_metrics"),
-    "select": ("BINS", "score_bin", "is_kept", "score_histogram", "rate_metrics", "curate", "curate_metrics"),
-}
-_MODULE_OF = {name: module for module, names in _EXPORTS.items() for name in names}
-__all__ = sorted(_MODULE_OF)
-
-
-def __getattr__(name: str):
-    if name not in _MODULE_OF:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{_MODULE_OF[name]}", __name__), name)
-    globals()[name] = value  # the next look-up is a plain attribute
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
