@@ -41,7 +41,8 @@ def parse_args():
     ap.add_argument("--rate-batch-size", type=int, default=CurationParams().batch_size, help="engine batch size for (b)")
     ap.add_argument("--model", default=ModelParams().base)
     ap.add_argument("--dtype", default="float32")
-    ap.add_argument("--baseline-rev", help="also time humpback/generation.py at this git revision")
+    ap.add_argument("--baseline-rev", help="also time humpback/generation.py at this git revision "
+                    "(one before humpback/engine/, which replaced that module)")
     ap.add_argument("--omp-wait-policy", default="unset",
                     help="OMP_WAIT_POLICY for (a)-(c): PASSIVE, ACTIVE, or unset (the environment's, as the stages run)")
     ap.add_argument("--round", type=int, default=32,
@@ -58,8 +59,10 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from humpback import curation, formats, models, prompts  # noqa: E402
-from humpback.generation import Decoding, Engine  # noqa: E402
+from humpback import formats, models, prompts  # noqa: E402
+
+from humpback.curation.rater import digit_candidates, rater_prompt_parts
+from humpback.engine import Decoding, Engine  # noqa: E402
 
 MAX_TOKENS = 160  # params.yaml inverse_sft.max_response_tokens
 MAX_NEW_TOKENS = 48  # params.yaml augment.max_new_tokens
@@ -136,7 +139,8 @@ def pipeline_records(n: int) -> list[dict]:
 
 
 def load_engine_module(rev: str):
-    """humpback/generation.py as it was at a git revision, as a module (for the before/after row)."""
+    """humpback/generation.py (the engine in one module, before humpback/engine/) as it was at a git revision,
+    as a module (for the before/after row)."""
     src = subprocess.run(["git", "show", f"{rev}:humpback/generation.py"], capture_output=True, text=True, check=True).stdout
     path = os.path.join(tempfile.mkdtemp(), "generation_at_rev.py")
     with open(path, "w") as f:
@@ -220,8 +224,8 @@ def bench_augment(model, tok, records, batch_sizes: list[int], baseline, fm: Flo
 
 def bench_rate(model, tok, pairs, batch_size: int, baseline, fm: FlopModel, round_size: int) -> dict:
     add_bos = not tok.chat_template
-    head, template = curation.rater_prompt_parts(tok, "expected")  # exactly what rate() builds
-    joiner, candidates = curation.digit_candidates(tok)
+    head, template = rater_prompt_parts(tok, "expected")  # exactly what rate() builds
+    joiner, candidates = digit_candidates(tok)
     head_ids = tok(head, add_special_tokens=add_bos)["input_ids"]
 
     def engine(module=None):

@@ -29,9 +29,12 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch  # noqa: E402
 
-from humpback import curation, formats, models, prompts  # noqa: E402
+from humpback import formats, models, prompts  # noqa: E402
+
+from humpback.curation.probe import expected
+from humpback.curation.rater import Rater
 from humpback.config import ModelParams  # noqa: E402
-from humpback.generation import Decoding, Engine  # noqa: E402
+from humpback.engine import Decoding, Engine  # noqa: E402
 
 
 
@@ -117,8 +120,8 @@ def main():
         for dt in list(eng) + list(eng)[::-1]:
             e = Engine(eng[dt].model, tok, f"bench-{dt}", 8, cache=None, add_special_tokens=not tok.chat_template)
             t = time.perf_counter()
-            probs, _ = curation.Rater("expected").probabilities(e, pairs)
-            res[dt] = curation.expected(probs).tolist()
+            probs, _ = Rater("expected").probabilities(e, pairs)
+            res[dt] = expected(probs).tolist()
             rt[dt] = rt.get(dt, 0.0) + time.perf_counter() - t
         diff = max(abs(a - b) for a, b in zip(res["float32"], res["bfloat16"]))
         print()

@@ -10,7 +10,7 @@ Methods (`--methods`, comma-separated names `<precision>[-pack|-group][-fullhead
   fp32            fp32 weights and compute
   bf16            base weights loaded in bf16, LoRA weights/grads/optimizer in fp32, no autocast
   bf16amp         fp32 weights, SFTConfig(bf16=True, use_cpu=True): CPU autocast, matmuls in bf16
-                  (what training.py does for model.dtype: bfloat16)
+                  (what train_lora does for model.dtype: bfloat16)
   -pack           trl packing=True (BFD, padding-free: one row, position_ids, block-diagonal attention)
   -group          padded, train_sampling_strategy="group_by_length" (batches of similar lengths)
   -nodrop         lora_dropout 0 instead of 0.05 (params.yaml): peft then skips the dropout entirely
@@ -69,10 +69,10 @@ from humpback import formats, models, prompts  # noqa: E402
 from humpback.config import ModelParams, TrainParams  # noqa: E402
 import trl.trainer.utils as trl_utils  # noqa: E402
 
-from humpback import training  # noqa: E402
+from humpback.training import compat  # noqa: E402
 
 ORIGINAL_USE_TRITON = trl_utils._use_triton
-training._lm_head_on_label_positions_only()  # what train_lora does; toggled per method below
+compat.lm_head_on_label_positions_only()  # what train_lora does; toggled per method below
 COMPACT = trl_utils._use_triton
 
 LINES: list[str] = []
@@ -97,7 +97,7 @@ from machine import cpu_model, matmul_peak  # noqa: E402
 
 def method(name: str) -> dict:
     """`<precision>[-pack|-group][-fullhead]`: precision fp32 | bf16 (bf16 weights, fp32 LoRA: what
-    training.py does for model.dtype=bfloat16) | bf16amp (fp32 weights, SFTConfig(bf16=True) autocast)."""
+    train_lora did for model.dtype=bfloat16) | bf16amp (fp32 weights, SFTConfig(bf16=True) autocast)."""
     parts = name.split("-")
     if parts[0] not in ("fp32", "bf16", "bf16amp") or not set(parts[1:]) <= {"pack", "group", "fullhead", "nodrop"}:
         raise SystemExit(f"unknown method {name!r}")

@@ -5,7 +5,7 @@ Two jobs, each as its stage runs it with the default profile's model (SmolLM2-13
   `--n` sampled LIMA responses, greedy, 48 new tokens, batch 32 (prompts.BACKWARD_PREFIX +
   prompts.backward_suffix(...), as stages/self_augment.py builds them);
 - `rate`: the rater (base + models/seed, M0, in its chat format) gives its digit distribution after
-  `Score:` for `--n` filtered self-augmented pairs (curation.rater_suffixes, the `expected` scoring's
+  `Score:` for `--n` filtered self-augmented pairs (rater_suffixes, the `expected` scoring's
   prompts), batch 8, through `next_token_features` as Rater.probabilities calls it;
 - `rate_probe`: the default scoring, `probe`: the same prompts plus the hidden state (recovered from vLLM's
   full log-probabilities) and relevance (continuation_logprobs), through the fitted probe in models/rater.
@@ -48,7 +48,7 @@ def cpu_model() -> str:
 def self_augment_job(n: int):
     from humpback import formats, prompts
     from humpback.config import load_params
-    from humpback.generation import Decoding
+    from humpback.engine import Decoding
 
     params = load_params(os.path.join(ROOT, "params.yaml"))
     records = formats.sample(formats.load_json(os.path.join(ROOT, "data/lima_single_turn.json")), n,
@@ -65,14 +65,15 @@ def self_augment_job(n: int):
 
 
 def rate_job(n: int):
-    from humpback import curation, formats
+    from humpback import formats
+    from humpback.curation.rater import rater_suffixes
     from humpback.config import load_params
 
     params = load_params(os.path.join(ROOT, "params.yaml"))
     pairs = formats.load_json(os.path.join(ROOT, "data/self_augmented_filtered.json"))[:n]
 
     def run(engine):
-        head, suffixes, candidates = curation.rater_suffixes(engine.tok, pairs)
+        head, suffixes, candidates = rater_suffixes(engine.tok, pairs)
         feats = engine.next_token_features(head, suffixes, candidates, desc="rate")
         return [f["logprobs"] for f in feats]
 
@@ -83,19 +84,21 @@ def rate_job(n: int):
 
 def rate_probe_job(n: int):
     """The default scoring: the fitted probe (models/rater) on the rater's hidden state, digit log-probabilities
-    and relevance (two continuation_logprobs passes): curation.rater_features, then curation.gated_probs."""
+    and relevance (two continuation_logprobs passes): rater_features, then gated_probs."""
     import torch
 
-    from humpback import curation, formats
+    from humpback import formats
+    from humpback.curation.probe import gated_probs
+    from humpback.curation.rater import Rater, rater_features
     from humpback.config import load_params
 
     params = load_params(os.path.join(ROOT, "params.yaml"))
     pairs = formats.load_json(os.path.join(ROOT, "data/self_augmented_filtered.json"))[:n]
-    rater = curation.Rater.load(os.path.join(ROOT, "models/rater"))
+    rater = Rater.load(os.path.join(ROOT, "models/rater"))
 
     def run(engine):
-        feats = curation.rater_features(engine, pairs, rater.relevance_tokens)
-        return torch.log(curation.gated_probs(rater.tensors, feats)).tolist()
+        feats = rater_features(engine, pairs, rater.relevance_tokens)
+        return torch.log(gated_probs(rater.tensors, feats)).tolist()
 
     return dict(name="rate (probe)", adapter=_rater_adapter(), chat=True, batch_size=params.curation.batch_size,
                 run=run, vllm_kwargs={"hidden_state": True})
@@ -108,7 +111,7 @@ def _rater_adapter():
 
 def run_native(job, base: str, dtype: str):
     from humpback import models
-    from humpback.generation import Engine
+    from humpback.engine import Engine
 
     t0 = time.perf_counter()
     tok = models.load_tokenizer(job["adapter"] or base)
@@ -125,7 +128,7 @@ def run_native(job, base: str, dtype: str):
 
 def run_vllm(job, base: str, dtype: str, eager: bool):
     from humpback.config import ModelParams
-    from humpback.vllm_engine import open_vllm_engine
+    from humpback.engine.vllm import open_vllm_engine
 
     t0 = time.perf_counter()
     engine = open_vllm_engine(base, ModelParams(base=base, dtype=dtype), job["batch_size"], adapter=job["adapter"],
@@ -159,7 +162,7 @@ def main():
     args = ap.parse_args()
 
     from humpback.config import load_params
-    from humpback.vllm_engine import merged_model_dir
+    from humpback.engine.vllm_setup import merged_model_dir
 
     base = load_params(os.path.join(ROOT, "params.yaml")).model.base
     jobs = {"self_augment": self_augment_job, "rate": rate_job, "rate_probe": rate_probe_job}

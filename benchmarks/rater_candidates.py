@@ -13,9 +13,11 @@ import time
 
 import torch
 
-from humpback import curation
+from humpback.curation.check import load_rater_check, rater_check_items, rater_check_metrics
+from humpback.curation.probe import expected, fit_gate, fit_head, gated_probs, head_probs
+from humpback.curation.rater import content_free_logprobs, rater_features
 from humpback.config import CurationParams, ModelParams
-from humpback.generation import open_engine
+from humpback.engine import open_engine
 
 L2_GRID = (0.1, 1.0, 10.0, 100.0)
 
@@ -23,19 +25,19 @@ L2_GRID = (0.1, 1.0, 10.0, 100.0)
 def scores(name, feats, calib, head, gate):
     lp = torch.tensor([f["logprobs"] for f in feats])
     if name == "expected":
-        return curation.expected(lp.softmax(-1)).tolist()
+        return expected(lp.softmax(-1)).tolist()
     if name == "calibrated":
-        return curation.expected((lp - torch.tensor(calib)).softmax(-1)).tolist()
+        return expected((lp - torch.tensor(calib)).softmax(-1)).tolist()
     if name == "relevance":
         return [f["relevance"] for f in feats]
     if name == "head":
-        return curation.expected(curation.head_probs(head, feats)).tolist()
+        return expected(head_probs(head, feats)).tolist()
     if name == "head_argmax":
-        return (curation.head_probs(head, feats).argmax(-1) + 1).tolist()
+        return (head_probs(head, feats).argmax(-1) + 1).tolist()
     if name == "head+gate":
-        return curation.expected(curation.gated_probs({**head, **gate}, feats)).tolist()
+        return expected(gated_probs({**head, **gate}, feats)).tolist()
     if name == "head+gate_argmax":
-        return (curation.gated_probs({**head, **gate}, feats).argmax(-1) + 1).tolist()
+        return (gated_probs({**head, **gate}, feats).argmax(-1) + 1).tolist()
     raise ValueError(name)
 
 
@@ -49,9 +51,9 @@ def cv_l2(items, feats, folds=4):
             held = set(groups[k::folds])
             tr = [i for i, it in enumerate(items) if it["instruction_id"] not in held]
             te = [i for i, it in enumerate(items) if it["instruction_id"] in held]
-            head = curation.fit_head([items[i] for i in tr], [feats[i] for i in tr], l2=l2)
-            s = curation.expected(curation.head_probs(head, [feats[i] for i in te])).tolist()
-            got.append(curation.rater_check_metrics([items[i] for i in te], s)["spearman"])
+            head = fit_head([items[i] for i in tr], [feats[i] for i in tr], l2=l2)
+            s = expected(head_probs(head, [feats[i] for i in te])).tolist()
+            got.append(rater_check_metrics([items[i] for i in te], s)["spearman"])
         mean = sum(got) / len(got)
         print(f"  cv l2={l2}: spearman {mean:.3f}")
         if best is None or mean > best[1]:
@@ -67,19 +69,19 @@ def main():
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
 
-    pairs = curation.load_rater_check(args.pairs)
+    pairs = load_rater_check(args.pairs)
     # the stages' engine: the same cache keys, so a pipeline run and this benchmark share results
     engine = open_engine(args.rater, ModelParams(dtype=args.dtype), 8, chat=True)
     t0 = time.perf_counter()
     rows = {}
     for part in ("dev", "test"):
-        items = curation.rater_check_items(pairs, part)
-        rows[part] = (items, curation.rater_features(engine, items, args.relevance_tokens))
-    calib = curation.content_free_logprobs(engine)
+        items = rater_check_items(pairs, part)
+        rows[part] = (items, rater_features(engine, items, args.relevance_tokens))
+    calib = content_free_logprobs(engine)
     print(f"features of {sum(len(r[0]) for r in rows.values())} pairs: {time.perf_counter() - t0:.0f} s")
     l2 = cv_l2(*rows["dev"])
-    head = curation.fit_head(*rows["dev"], l2=l2)
-    gate = {f"gate_{k}": v for k, v in curation.fit_gate(*rows["dev"]).items()}
+    head = fit_head(*rows["dev"], l2=l2)
+    gate = {f"gate_{k}": v for k, v in fit_gate(*rows["dev"]).items()}
     import os
 
     from humpback.stage import cpu_model
@@ -92,7 +94,7 @@ def main():
     for name in ("expected", "calibrated", "relevance", "head", "head_argmax", "head+gate", "head+gate_argmax"):
         for part in ("dev", "test"):
             items, feats = rows[part]
-            m = curation.rater_check_metrics(items, scores(name, feats, calib, head, gate))
+            m = rater_check_metrics(items, scores(name, feats, calib, head, gate))
             print(f"| {name} | {part} | {m['spearman']:.3f} | {m['auc_high_vs_low']:.3f} | {m['auc_offtopic']:.3f} | "
                   f"{' / '.join(str(v) for v in m['mean_by_level'].values())} |")
 

@@ -51,11 +51,11 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(launch.main(argv[1:]))
     args = parser().parse_args(argv)
     if args.command == "plots":
-        from . import plots
+        from .results import plots
 
         run(lambda: sys.exit(plots.main(args.action, args.dvc_args)), timed=False)  # dvc's own exit code
     else:
-        from . import publish
+        from .results import publish
 
         run(lambda: publish.main(args), timed=False)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 
 import yaml
@@ -135,20 +136,21 @@ class Params:
     launch: LaunchParams = field(default_factory=LaunchParams)
 
 
+# Values are taken as YAML gives them, never converted: OmegaConf's structured configs would turn
+# `threshold: 4` into 4.0 and `num_train_epochs: 1` into 1.0, which changes metrics/*.json and DVCLive's
+# params.yaml (DVC outs). HfArgumentParser.parse_dict neither nests sections nor names the section of an
+# unknown key, and would import transformers into stages that need no torch.
 def _build(cls, values: dict, where: str):
+    """`cls` from a params.yaml mapping; its sections (dataclass fields) in turn."""
     if not isinstance(values, dict):
         raise HumpbackError(f"{where}: expected a mapping, got {type(values).__name__}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields = [f.name for f in dataclasses.fields(cls)]
     unknown = sorted(set(values) - set(fields))
     if unknown:
         raise HumpbackError(f"{where}: unknown key(s) {', '.join(unknown)}; known: {', '.join(fields)}")
-    kwargs = {}
-    for name, value in values.items():
-        sub = fields[name].type
-        if isinstance(sub, str) and sub in globals() and dataclasses.is_dataclass(globals()[sub]):
-            value = _build(globals()[sub], value, f"{where}.{name}")
-        kwargs[name] = value
-    return cls(**kwargs)
+    types = typing.get_type_hints(cls)
+    return cls(**{name: _build(types[name], value, f"{where}.{name}") if dataclasses.is_dataclass(types[name])
+                  else value for name, value in values.items()})
 
 
 def load_params(path: str = "params.yaml") -> Params:

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import os
 
-from .curation import chat_parts
-from .generation import Decoding, Engine
+from . import prompts
+from .engine import Decoding, Engine
 
 ANSWERS = ("1", "2")  # digits: tokenizers split digits into single tokens (Llama, SmolLM2, the tiny test one)
 ANSWER_LEAD = "Better response:"
@@ -54,26 +54,17 @@ def judge_item(instruction: str, first: str, second: str) -> str:
 def judge_prompt_parts(tokenizer) -> tuple[str, str]:
     """(shared prefix, tail): a prompt is `prefix + judge_item(...) + tail`, in the judge's chat format if
     it has one. The tail closes the user turn, opens the assistant's and ends with the answer lead."""
-    head, tail = chat_parts(tokenizer, JUDGE_INSTRUCTIONS, "\n\n")
+    head, tail = prompts.chat_parts(tokenizer, JUDGE_INSTRUCTIONS, "\n\n")
     return head, tail + ANSWER_LEAD
 
 
 def answer_candidates(tokenizer, lead: str = ANSWER_LEAD, answers: tuple[str, ...] = ANSWERS) -> tuple[str, list[int]]:
-    """Text to append after `lead`, and the token ids of `answers` the model may write next.
-
-    Tokenizers differ: some have " 1" as one token, others (SmolLM2) write " " then "1"; the joiner is
-    chosen so that each answer is exactly one token after `lead + joiner`.
-    """
-    for joiner in ("", " "):
-        lead_ids = tokenizer(lead + joiner, add_special_tokens=False)["input_ids"]
-        ids = []
-        for a in answers:
-            full = tokenizer(f"{lead} {a}", add_special_tokens=False)["input_ids"]
-            if full[: len(lead_ids)] == lead_ids and len(full) == len(lead_ids) + 1:
-                ids.append(full[-1])
-        if len(ids) == len(answers) and len(set(ids)) == len(answers):
-            return joiner, ids
-    raise ValueError(f"the judge's tokenizer has no single token for each answer {', '.join(answers)}")
+    """Text to append after `lead`, and the token ids of `answers` the model may write next
+    (`prompts.answer_candidates`, as the rater reads its score digits)."""
+    found = prompts.answer_candidates(tokenizer, lead, answers)
+    if found is None:
+        raise ValueError(f"the judge's tokenizer has no single token for each answer {', '.join(answers)}")
+    return found
 
 
 def judge_prompts(tokenizer, instructions: list[str], firsts: list[str],
@@ -148,7 +139,7 @@ def verdict_by_scores(score_base: float | None, score_final: float | None, margi
 
 def judge_by_rater(rater, engine: Engine, instructions: list[str], base_responses: list[str],
                    final_responses: list[str], margin: float) -> list[dict]:
-    """Judge with the fitted rubric rater (`curation.Rater`): each answer gets its expected score 1-5, and
+    """Judge with the fitted rubric rater (`curation.rater.Rater`): each answer gets its expected score 1-5, and
     the final model wins (loses) an item when its score is higher (lower) by at least `margin`."""
     if not len(instructions) == len(base_responses) == len(final_responses):
         raise ValueError("judge_by_rater needs as many base and final responses as instructions")
@@ -179,27 +170,27 @@ def judge_metrics(verdicts: list) -> dict:
     return {"judged": n, "win_rate": win, "tie_rate": round(1 - win - loss, 4), "loss_rate": loss}
 
 
-def shared_prefix(prompts: list[str]) -> int:
+def shared_prefix(texts: list[str]) -> int:
     """Where to split prompts into a shared prefix and per-prompt suffixes: just after the last newline
     they all share, when every prompt goes on with a non-space character there and keeps a non-empty
     suffix; else 0. With byte-level BPE tokenizers (SmolLM2, GPT-2, Llama 3) a newline before text is a
     token boundary, so the split prompt is encoded as the whole one would be; a chat template's system
     turn and user-turn opening become the prefix, computed once."""
-    if not prompts:
+    if not texts:
         return 0
-    common = os.path.commonprefix(prompts)
-    shortest = min(len(p) for p in prompts)
+    common = os.path.commonprefix(texts)
+    shortest = min(len(p) for p in texts)
     cut = common.rfind("\n", 0, shortest - 1) + 1
-    if cut and all(not p[cut].isspace() for p in prompts):
+    if cut and all(not p[cut].isspace() for p in texts):
         return cut
     return 0
 
 
-def respond(engine: Engine, prompts: list[str], max_new_tokens: int, desc: str = "respond") -> list[str]:
+def respond(engine: Engine, texts: list[str], max_new_tokens: int, desc: str = "respond") -> list[str]:
     """Greedy responses to full prompts rendered by the caller (who owns the format).
 
     The engine adds special tokens (BOS) only to a prefix: use it with prompts that hold their own
     (an engine opened with `chat=True` on chat-template prompts), or that share a line-ended prefix."""
-    cut = shared_prefix(prompts)
-    prefix = prompts[0][:cut] if cut else ""
-    return engine.generate(prefix, [p[cut:] for p in prompts], Decoding(max_new_tokens=max_new_tokens), desc=desc)
+    cut = shared_prefix(texts)
+    prefix = texts[0][:cut] if cut else ""
+    return engine.generate(prefix, [p[cut:] for p in texts], Decoding(max_new_tokens=max_new_tokens), desc=desc)

@@ -149,6 +149,12 @@ def torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
 
 
+# QLoRA's 4-bit quantization (Dettmers et al. 2023): NormalFloat4 with double quantization; the compute
+# dtype is model.dtype's. trl's get_quantization_config gives the same (tests/test_models.py), but only
+# with these settings passed too (its default is single quantization), and imports trl for inference.
+QLORA_4BIT = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": True}
+
+
 def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", adapter: str | None = None):
     """Load a causal LM for inference, optionally 4-bit (bitsandbytes nf4) and with a LoRA adapter."""
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
@@ -156,12 +162,7 @@ def load_model(ref: str, load_in_4bit: bool = False, dtype: str = "float32", ada
     dtype_ = torch_dtype(dtype)
     kwargs = dict(dtype=dtype_, **_hub_kwargs())
     if load_in_4bit:
-        kwargs["quantization_config"] = BitsAndBytesConfig(
-            load_in_4bit=True,
-            bnb_4bit_quant_type="nf4",
-            bnb_4bit_use_double_quant=True,
-            bnb_4bit_compute_dtype=dtype_,
-        )
+        kwargs["quantization_config"] = BitsAndBytesConfig(**QLORA_4BIT, bnb_4bit_compute_dtype=dtype_)
     if torch.cuda.is_available():  # under `accelerate launch`, each process holds a whole copy on its GPU
         kwargs["device_map"] = {"": dist.local_rank()} if dist.world_size() > 1 else "auto"
     try:

@@ -100,6 +100,43 @@ def rater_pair(instruction: str, response: str) -> str:
     return PAIR_TEMPLATE.format(instruction=instruction, response=response)
 
 
+# Prompt parts shared by the rater and the judge: a fixed head (its KV cache is shared) and a tail.
+SENTINEL = "\x00PAIR\x00"
+
+
+def chat_parts(tokenizer, fixed: str, plain_tail: str) -> tuple[str, str]:
+    """(head, tail) of a one-message user turn that opens with `fixed` text, for prompts built as
+    `head + item + tail`: the head is the same for every item (its KV cache is shared). In the chat format
+    the tail closes the user turn and opens the assistant's; without a chat template it is `plain_tail`."""
+    if not tokenizer.chat_template:
+        return fixed, plain_tail
+    text = tokenizer.apply_chat_template(
+        [{"role": "user", "content": fixed + SENTINEL}], add_generation_prompt=True, tokenize=False
+    )
+    head, tail = text.split(SENTINEL)
+    return head, tail
+
+
+def answer_candidates(tokenizer, lead: str, answers) -> tuple[str, list[int]] | None:
+    """Text to append after `lead`, and the token ids of `answers` the model may write next; None when
+    no joiner makes each answer one distinct token.
+
+    Tokenizers differ: some have " 1" as one token, others (SmolLM2) write " " then "1"; the joiner is
+    chosen so that each answer is exactly one token after `lead + joiner`. The rater reads its score
+    digits this way, the judge its two answers.
+    """
+    for joiner in ("", " "):
+        lead_ids = tokenizer(lead + joiner, add_special_tokens=False)["input_ids"]
+        ids = []
+        for a in answers:
+            full = tokenizer(f"{lead} {a}", add_special_tokens=False)["input_ids"]
+            if full[: len(lead_ids)] == lead_ids and len(full) == len(lead_ids) + 1:
+                ids.append(full[-1])
+        if len(ids) == len(answers) and len(set(ids)) == len(answers):
+            return joiner, ids
+    return None
+
+
 SCORE_RE = re.compile(r"score\s*(?:\*\*)?\s*[:=]?\s*(?:\*\*)?\s*([1-5])(?:\s*(?:/|out of)\s*5)?(?![0-9.])", re.IGNORECASE)
 
 

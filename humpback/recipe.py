@@ -9,51 +9,27 @@ from __future__ import annotations
 
 import os
 import shutil
-from dataclasses import dataclass
 
-from . import formats, prompts
+from . import formats, paths, prompts
 from .config import FinetuneParams, Params
 
-SEED_MODEL = "models/seed"  # M0: the base model fine-tuned on the seed pairs (seed_sft)
-SEED_PAIRS = "data/guanaco_inverse.json"  # the seed pairs, (instruction, response)
 SKIPPED = "SKIPPED.md"
 
 
-@dataclass(frozen=True)
-class Round:
-    """The files of one self-curation round. `final` is the last round, whatever curation.iterations is."""
-
-    name: str
-    rated: str
-    curated: str
-    model: str
-    live: str
-    curate_metrics: str
-    finetune_metrics: str
-
-
-ROUNDS = {
-    "round1": Round("round1", "data/rated_round1.json", "data/curated_round1.json", "models/round1",
-                    "dvclive/finetune_round1", "metrics/curate_round1.json", "metrics/finetune_round1.json"),
-    "final": Round("final", "data/curated_dataset_all_evaluated.json", "data/curated_dataset.json", "models/final",
-                   "dvclive/finetune", "metrics/curate.json", "metrics/finetune.json"),
-}
-
-
-def round_arg(argv: list[str]) -> Round:
+def round_arg(argv: list[str]) -> paths.Round:
     """The round a curate or finetune stage runs: `round1`, or the final round by default."""
     name = argv[1] if len(argv) > 1 else "final"
-    if name not in ROUNDS:
+    if name not in paths.ROUNDS:
         from . import HumpbackError
 
-        raise HumpbackError(f"unknown round {name!r}; known: {', '.join(ROUNDS)}")
-    return ROUNDS[name]
+        raise HumpbackError(f"unknown round {name!r}; known: {', '.join(paths.ROUNDS)}")
+    return paths.ROUNDS[name]
 
 
 def model_of(ref: str, params: Params) -> tuple[str, str | None]:
     """(base reference, LoRA adapter or None) for a rater or judge reference: `self` is M0."""
     if ref == "self":
-        return params.model.base, SEED_MODEL
+        return params.model.base, paths.SEED_MODEL
     return ref, None
 
 

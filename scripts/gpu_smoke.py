@@ -8,8 +8,8 @@ test suite (tests/tiny.py), so they take seconds, not minutes:
 - build      a tiny random Llama and its tokenizer (tests/tiny.py), hidden size 64 (bitsandbytes
              quantizes blocks of 64 values), and the tiny profile's params (tiny.tiny_params)
 - train      inverse SFT with the tiny profile's inverse_sft params: humpback.training.train_lora
-- generate   humpback.generation.open_engine with that adapter writes instructions, greedy and sampled
-- rate       the tiny profile's rater (curation.scoring) rates those pairs: humpback.curation.Rater
+- generate   humpback.engine.open_engine with that adapter writes instructions, greedy and sampled
+- rate       the tiny profile's rater (curation.scoring) rates those pairs: humpback.curation.rater.Rater
 - probe      the default profile's scoring: the probe rater fit and measured on part of data/rater_check
 - 4bit       humpback.models.load_model(load_in_4bit=True): nf4 layers, a forward pass, engine decoding
 - qlora      one QLoRA training step (train_lora with model.load_in_4bit)
@@ -140,7 +140,7 @@ class Smoke:
 
     def step_generate(self) -> str:
         from humpback import prompts
-        from humpback.generation import Decoding, open_engine
+        from humpback.engine import Decoding, open_engine
 
         params, model = self.state["params"], self.state["model"]
         a = params.augment
@@ -173,19 +173,21 @@ class Smoke:
                 f"on {where}, e.g. {greedy[0][:40]!r}")
 
     def step_rate(self) -> str:
-        from humpback import curation, recipe
-        from humpback.generation import open_engine
+        from humpback import recipe
+        from humpback.curation.rater import Rater
+        from humpback.curation.select import curate, rate_metrics
+        from humpback.engine import open_engine
 
         params = self.state["params"]
         c = params.curation
         ref, adapter = recipe.rater_model(params)  # the tiny profile names the tiny model itself
         engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True)
         where = self.check_device(engine.model, "the rater's model")
-        rater = curation.Rater(c.scoring, c.max_new_tokens, c.relevance_tokens)
+        rater = Rater(c.scoring, c.max_new_tokens, c.relevance_tokens)
         rated = rater.rate(engine, self.state["pairs"])
         self._check_ratings(rated, len(self.state["pairs"]))
-        m = curation.rate_metrics(rated)
-        kept = len(curation.curate(rated, c.threshold))
+        m = rate_metrics(rated)
+        kept = len(curate(rated, c.threshold))
         del engine
         self._free()
         return (f"{m['rated']} pairs rated ({c.scoring}), mean score {m['mean_score']}, "
@@ -194,23 +196,24 @@ class Smoke:
     def step_probe(self) -> str:
         import dataclasses
 
-        from humpback import curation
-        from humpback.generation import open_engine
+        from humpback.curation.check import load_rater_check
+        from humpback.curation.rater import Rater, check_rater
+        from humpback.engine import open_engine
 
         params, model = self.state["params"], self.state["model"]
         c = params.curation
-        pairs = curation.load_rater_check(os.path.join(ROOT, c.check_pairs))
+        pairs = load_rater_check(os.path.join(ROOT, c.check_pairs))
         # an eighth of the rater check: the five levels of every eighth instruction, in each part
         ids = sorted({p["instruction_id"] for p in pairs})[::8]
         pairs = [p for p in pairs if p["instruction_id"] in ids]
         engine = open_engine(model, params.model, c.batch_size, chat=True)
         where = self.check_device(engine.model, "the rater's model")
         c = dataclasses.replace(c, scoring="probe", relevance_tokens=32)
-        rater, rated, metrics = curation.check_rater(engine, pairs, c)
+        rater, rated, metrics = check_rater(engine, pairs, c)
         self._check_ratings(rated, metrics["pairs"] + metrics["offtopic_pairs"])
         saved = os.path.join(self.work, "rater")
         rater.save(saved)
-        again = curation.Rater.load(saved).rate(engine, rated[:2])
+        again = Rater.load(saved).rate(engine, rated[:2])
         if [r["score"] for r in again] != [r["score"] for r in rated[:2]]:
             raise AssertionError("the saved probe rater rates differently")
         del engine
@@ -222,7 +225,7 @@ class Smoke:
         import torch
 
         from humpback import models
-        from humpback.generation import Decoding, Engine
+        from humpback.engine import Decoding, Engine
 
         bnb = self._bitsandbytes()
         params, model = self.state["params"], self.state["model"]

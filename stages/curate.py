@@ -4,16 +4,17 @@
 
 import sys
 
-from humpback import curation, formats, recipe
+from humpback import formats, recipe
 from humpback.config import load_params
+from humpback.curation.select import curate, curate_metrics
 from humpback.stage import run
 
 
 def main():
     c, rnd = load_params().curation, recipe.round_arg(sys.argv)
     rated = formats.load_json(rnd.rated)
-    formats.write_json(rnd.curated, curation.curate(rated, c.threshold, c.selection, c.seed))
-    formats.write_json(rnd.curate_metrics, curation.curate_metrics(rated, c.threshold, c.selection, c.seed))
+    formats.write_json(rnd.curated, curate(rated, c.threshold, c.selection, c.seed))
+    formats.write_json(rnd.curate_metrics, curate_metrics(rated, c.threshold, c.selection, c.seed))
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ the seed pairs mixed in and system-prompt tags when configured.
 
 import sys
 
-from humpback import HumpbackError, formats, models, prompts, recipe
+from humpback import HumpbackError, formats, models, paths, prompts, recipe
 from humpback.config import load_params
 from humpback.dist import is_main_process
 from humpback.stage import run
@@ -30,10 +30,10 @@ def main():
             f"or finetune.min_pairs"
         )
     tok = models.load_tokenizer(params.model.base)
-    train = recipe.finetune_examples(curated, formats.load_json(recipe.SEED_PAIRS), tok, p)
+    train = recipe.finetune_examples(curated, formats.load_json(paths.SEED_PAIRS), tok, p)
     # Eval loss on held-out LIMA pairs: never augmented, so it measures generalisation.
     eval = [prompts.forward_example(x, tok, recipe.inference_system(p))
-            for x in formats.load_json("data/lima_heldout.json")[: p.eval_size]]
+            for x in formats.load_json(paths.HELDOUT)[: p.eval_size]]
     metrics = train_lora(params.model, p, train, eval, rnd.model, rnd.live, "finetune")
     if not is_main_process():  # under `accelerate launch` every process trains; one writes
         return

@@ -1,6 +1,6 @@
 """inverse_sft: train the backward model, which writes the instruction for a given response."""
 
-from humpback import HumpbackError, formats, models, prompts
+from humpback import HumpbackError, formats, models, paths, prompts
 from humpback.config import load_params
 from humpback.dist import is_main_process
 from humpback.stage import run
@@ -16,11 +16,11 @@ def main():
         raise HumpbackError(f"params.yaml: inverse_sft.max_response_tokens={p.max_response_tokens} plus the "
                             f"{scaffold}-token prompt leaves no room for the instruction in max_length={p.max_length}")
     examples = [prompts.backward_example(x, tok, p.max_response_tokens)
-                for x in formats.load_json("data/guanaco_inverse.json")]
+                for x in formats.load_json(paths.SEED_PAIRS)]
     train, eval = examples[p.eval_size :], examples[: p.eval_size]
-    metrics = train_lora(params.model, p, train, eval, "models/backward", "dvclive/inverse_sft", "inverse_sft")
+    metrics = train_lora(params.model, p, train, eval, paths.BACKWARD_MODEL, paths.live("inverse_sft"), "inverse_sft")
     if is_main_process():  # under `accelerate launch` every process trains; one writes
-        formats.write_json("metrics/inverse_sft.json", metrics)
+        formats.write_json(paths.metrics("inverse_sft"), metrics)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 import os
 
-from humpback import formats
+from humpback import formats, paths
 from humpback.config import load_params
 from humpback.stage import run
 
@@ -21,10 +21,10 @@ def main():
     lima_pairs = formats.parse_lima(lima_records, lima_report)
     heldout, unlabelled = formats.split_heldout(lima_pairs, p.heldout_size, p.seed)
 
-    formats.write_json("data/guanaco_inverse.json", seed_pairs)
-    formats.write_json("data/lima_single_turn.json", unlabelled)
-    formats.write_json("data/lima_heldout.json", heldout)
-    formats.write_json("metrics/prepare.json", {
+    formats.write_json(paths.SEED_PAIRS, seed_pairs)
+    formats.write_json(paths.UNLABELLED, unlabelled)
+    formats.write_json(paths.HELDOUT, heldout)
+    formats.write_json(paths.metrics("prepare"), {
         "guanaco": guanaco_report.as_dict(),
         "lima": {**lima_report.as_dict(), "heldout": len(heldout), "unlabelled": len(unlabelled)},
     })

@@ -1,8 +1,10 @@
 """rater_check: fit the scoring mode on the dev part of the labelled rater set, measure it on the test part."""
 
-from humpback import curation, formats, recipe
+from humpback import formats, paths, recipe
 from humpback.config import load_params
-from humpback.generation import open_engine
+from humpback.curation.check import load_rater_check
+from humpback.curation.rater import check_rater
+from humpback.engine import open_engine
 from humpback.stage import run
 
 
@@ -12,10 +14,10 @@ def main():
     ref, adapter = recipe.rater_model(params)  # curation.rater: self is the seed model M0
     engine = open_engine(ref, params.model, c.batch_size, adapter=adapter, chat=True,
                          engine=params.launch.engine)
-    rater, rated, metrics = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
-    rater.save("models/rater")
-    formats.write_json("data/rater_check_scored.json", rated)
-    formats.write_json("metrics/rater_check.json", {"rater": c.rater, "scoring": c.scoring, "dtype": engine.dtype, **metrics})
+    rater, rated, metrics = check_rater(engine, load_rater_check(c.check_pairs), c)
+    rater.save(paths.RATER)
+    formats.write_json(paths.RATER_CHECK_SCORED, rated)
+    formats.write_json(paths.metrics("rater_check"), {"rater": c.rater, "scoring": c.scoring, "dtype": engine.dtype, **metrics})
     engine.report("rater_check")
 
 

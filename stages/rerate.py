@@ -4,31 +4,34 @@ iterations: 1, round 1's ratings are the final ones."""
 
 import shutil
 
-from humpback import curation, formats, recipe
+from humpback import formats, paths
 from humpback.config import load_params
-from humpback.generation import open_engine
+from humpback.curation.check import load_rater_check
+from humpback.curation.rater import check_rater
+from humpback.curation.select import rate_metrics
 from humpback.dist import is_main_process
+from humpback.engine import open_engine
 from humpback.stage import run
 
 
 def main():
     params = load_params()
     c = params.curation
-    round1, final = recipe.ROUNDS["round1"], recipe.ROUNDS["final"]
+    round1, final = paths.ROUNDS["round1"], paths.ROUNDS["final"]
     if c.iterations == 1:
         if not is_main_process():
             return
         shutil.copyfile(round1.rated, final.rated)
-        formats.write_json("metrics/rerate.json", {"iterations": 1, **curation.rate_metrics(formats.load_json(final.rated))})
+        formats.write_json(paths.metrics("rerate"), {"iterations": 1, **rate_metrics(formats.load_json(final.rated))})
         return
     engine = open_engine(params.model.base, params.model, c.batch_size, adapter=round1.model, chat=True,
                          engine=params.launch.engine)
-    rater, _, check = curation.check_rater(engine, curation.load_rater_check(c.check_pairs), c)
-    rated = rater.rate(engine, formats.load_json("data/self_augmented_filtered.json"))
+    rater, _, check = check_rater(engine, load_rater_check(c.check_pairs), c)
+    rated = rater.rate(engine, formats.load_json(paths.FILTERED))
     if not is_main_process():  # under `accelerate launch`: the main process writes the outs
         return
     formats.write_json(final.rated, rated)
-    formats.write_json("metrics/rerate.json", {"iterations": 2, "dtype": engine.dtype, **curation.rate_metrics(rated),
+    formats.write_json(paths.metrics("rerate"), {"iterations": 2, "dtype": engine.dtype, **rate_metrics(rated),
                                                "rater_check": check})
     engine.report("rerate")
 

@@ -1,7 +1,7 @@
 """seed_sft: fine-tune the base model on the seed pairs (instruction -> response): the seed model M0, which
 rates the augmented pairs under curation.rater: self, as in the paper."""
 
-from humpback import formats, models, prompts, recipe
+from humpback import formats, models, paths, prompts, recipe
 from humpback.config import load_params
 from humpback.dist import is_main_process
 from humpback.stage import run
@@ -15,16 +15,16 @@ def main():
         if not is_main_process():
             return
         why = "neither curation.rater nor evaluate.judge is `self`"
-        recipe.write_skipped(recipe.SEED_MODEL, why)
-        recipe.write_skipped("dvclive/seed_sft", why)
-        formats.write_json("metrics/seed_sft.json", {"trained": False})
+        recipe.write_skipped(paths.SEED_MODEL, why)
+        recipe.write_skipped(paths.live("seed_sft"), why)
+        formats.write_json(paths.metrics("seed_sft"), {"trained": False})
         return
     tok = models.load_tokenizer(params.model.base)
-    examples = [prompts.forward_example(x, tok) for x in formats.load_json(recipe.SEED_PAIRS)]
+    examples = [prompts.forward_example(x, tok) for x in formats.load_json(paths.SEED_PAIRS)]
     train, eval = examples[p.eval_size :], examples[: p.eval_size]
-    metrics = train_lora(params.model, p, train, eval, recipe.SEED_MODEL, "dvclive/seed_sft", "seed_sft")
+    metrics = train_lora(params.model, p, train, eval, paths.SEED_MODEL, paths.live("seed_sft"), "seed_sft")
     if is_main_process():  # under `accelerate launch` every process trains; one writes
-        formats.write_json("metrics/seed_sft.json", {"trained": True, **metrics})
+        formats.write_json(paths.metrics("seed_sft"), {"trained": True, **metrics})
 
 
 if __name__ == "__main__":

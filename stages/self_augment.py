@@ -1,18 +1,18 @@
 """self_augment: the backward model writes an instruction for each sampled unlabelled response."""
 
-from humpback import formats, prompts
+from humpback import formats, paths, prompts
 from humpback.config import load_params
-from humpback.generation import Decoding, open_engine
 from humpback.dist import is_main_process
+from humpback.engine import Decoding, open_engine
 from humpback.stage import run
 
 
 def main():
     params = load_params()
     p, m = params.augment, params.model
-    records = formats.sample(formats.load_json("data/lima_single_turn.json"), p.num_samples, p.seed,
-                             "data/lima_single_turn.json")
-    engine = open_engine(m.base, m, p.batch_size, adapter="models/backward", engine=params.launch.engine)
+    records = formats.sample(formats.load_json(paths.UNLABELLED), p.num_samples, p.seed,
+                             paths.UNLABELLED)
+    engine = open_engine(m.base, m, p.batch_size, adapter=paths.BACKWARD_MODEL, engine=params.launch.engine)
     tok = engine.tok
     decoding = Decoding(max_new_tokens=p.max_new_tokens, do_sample=p.do_sample,
                         temperature=p.temperature, top_p=p.top_p, seed=p.seed)
@@ -26,8 +26,8 @@ def main():
          "decoding": decoding.as_dict()}
         for r, ins in zip(records, instructions)
     ]
-    formats.write_json("data/self_augmented.json", augmented)
-    formats.write_json("metrics/self_augment.json", {
+    formats.write_json(paths.AUGMENTED, augmented)
+    formats.write_json(paths.metrics("self_augment"), {
         "dtype": engine.dtype,
         "samples": len(augmented),
         "empty_instructions": sum(1 for a in augmented if not a["instruction"]),

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from humpback import browser
+from humpback.results import browser
 
 
 def require_chromium() -> str:

@@ -95,7 +95,7 @@ def test_sigkill_then_rerun_computes_only_what_is_missing(workspace, tmp_path):
     assert len(resumed) == NUM_SAMPLES and any(r["instruction"] for r in resumed)
 
     # 4. A run over more inputs reuses the batches it shares with the old run, computes the rest, and
-    #    gives what a cold run over them gives (a result is cached under its batch: generation.Engine._run).
+    #    gives what a cold run over them gives (a result is cached under its batch: engine.base.BatchedEngine._run).
     tiny.set_params(ws, **{"augment.num_samples": MORE_SAMPLES})
     items, cached, computed = finish(stage(ws, cache))
     assert items == MORE_SAMPLES and cached + computed == MORE_SAMPLES and computed < MORE_SAMPLES

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from humpback import models, prompts
-from humpback.generation import Decoding, Engine, ResultCache
+from humpback.engine import Decoding, Engine, ResultCache
 
 RESPONSES = [
     "Water boils at 100 degrees Celsius at sea level.",
@@ -118,17 +118,46 @@ def test_sampling_does_not_depend_on_the_batch(model, tiny_tokenizer):
     assert reseeded != together
 
 
+def _old_top_p_filter(scores: torch.Tensor, top_p: float) -> torch.Tensor:
+    """The engine's hand-written nucleus filter before it used transformers' TopPLogitsWarper (the reference)."""
+    sorted_logits, sorted_indices = torch.sort(scores, descending=False)
+    cumulative = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (1 - top_p)
+    remove[..., -1:] = False
+    return scores.masked_fill(remove.scatter(1, sorted_indices, remove), float("-inf"))
+
+
+@pytest.mark.parametrize("top_p", [0.0, 1e-7, 0.1, 0.5, 0.9, 0.95, 1 - 1e-7, 1.0])
+def test_top_p_warper_filters_as_the_old_filter_did(top_p):
+    """The sampler's nucleus filter (TopPLogitsWarper) keeps exactly the tokens the old one kept, scores
+    untouched, on random logits, many ties, -inf logits and a one-token vocabulary."""
+    from transformers import TopPLogitsWarper
+
+    g = torch.Generator().manual_seed(0)
+    cases = [torch.randn(6, 50, generator=g) * 3, torch.randn(3, 1000, generator=g),
+             torch.randint(-2, 3, (5, 64), generator=g).float(),  # ties everywhere
+             torch.full((2, 16), 0.5), torch.randn(4, 1, generator=g)]
+    with_inf = torch.randn(4, 40, generator=g)
+    with_inf[:, ::3] = float("-inf")
+    cases.append(with_inf)
+    for scores in cases:
+        for t in (1.0, 0.7):  # the engine filters logits / temperature
+            x = scores / t
+            got = TopPLogitsWarper(top_p)(None, x)
+            assert torch.equal(got, _old_top_p_filter(x, top_p))
+
+
 def test_rating_in_batches_equals_rating_one_by_one(model, tiny_tokenizer):
-    from humpback import curation
+    from humpback.curation.rater import Rater
 
     pairs = [{"id": str(i), "instruction": f"Question {i}?", "response": r} for i, r in enumerate(RESPONSES)]
     add_bos = not tiny_tokenizer.chat_template
-    rater = curation.Rater("generate", max_new_tokens=10)
+    rater = Rater("generate", max_new_tokens=10)
     one = rater.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs)
     four = rater.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs)
     assert [r["rater_output"] for r in four] == [r["rater_output"] for r in one]
     assert any(r["rater_output"] for r in four)
-    rater = curation.Rater("expected")
+    rater = Rater("expected")
     one = rater.rate(Engine(model, tiny_tokenizer, "tiny", 1, add_special_tokens=add_bos), pairs)
     four = rater.rate(Engine(model, tiny_tokenizer, "tiny", 4, add_special_tokens=add_bos), pairs)
     assert [r["score_expected"] for r in four] == pytest.approx([r["score_expected"] for r in one], abs=0.011)

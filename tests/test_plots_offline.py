@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from browser import require_chromium, split_divs, vega_marks
-from humpback import browser
+from humpback.results import browser
 
 PLOTS = {"plots_score_histogram_json", "Loss_curves", "Eval_loss"}
 

@@ -1,6 +1,9 @@
 import pytest
 
-from humpback import curation, prompts
+from humpback import prompts
+
+from humpback.curation.rater import digit_candidates, rater_prompt_parts
+from humpback.curation.select import curate, curate_metrics, rate_metrics
 
 
 @pytest.mark.parametrize("text,score", [
@@ -42,7 +45,7 @@ def test_backward_prompt_truncates_long_responses_by_tokens(tiny_tokenizer):
 
 
 def test_rater_prompt_parts_split_at_the_pair(tiny_tokenizer):
-    head, template = curation.rater_prompt_parts(tiny_tokenizer, "expected")
+    head, template = rater_prompt_parts(tiny_tokenizer, "expected")
     assert head.startswith("<|im_start|>user\n") and head.endswith("Now rate this pair.\n")
     full = head + template.format(pair=prompts.rater_pair("I", "R"))
     assert full.endswith("<|im_start|>assistant\nScore:")
@@ -53,7 +56,7 @@ def test_rater_prompt_parts_split_at_the_pair(tiny_tokenizer):
 
 
 def test_digit_candidates_are_single_tokens(tiny_tokenizer):
-    joiner, ids = curation.digit_candidates(tiny_tokenizer)
+    joiner, ids = digit_candidates(tiny_tokenizer)
     for d, i in zip("12345", ids):
         text = tiny_tokenizer.decode([i])
         assert text.strip() == d
@@ -61,22 +64,22 @@ def test_digit_candidates_are_single_tokens(tiny_tokenizer):
 
 def test_random_selection_keeps_as_many_as_the_threshold():
     rated = [{"id": str(i), "score": s} for i, s in enumerate([1, 2, 3, 4, 4, 5, None, 2, 5, 3])]
-    by_score = curation.curate(rated, 4)
+    by_score = curate(rated, 4)
     assert [r["score"] for r in by_score] == [4, 4, 5, 5]
-    picks = [curation.curate(rated, 4, "random", seed) for seed in range(5)]
+    picks = [curate(rated, 4, "random", seed) for seed in range(5)]
     assert all(len(p) == 4 and all(r["score"] is not None for r in p) for p in picks)
-    assert picks[0] == curation.curate(rated, 4, "random", 0)  # seeded
+    assert picks[0] == curate(rated, 4, "random", 0)  # seeded
     assert len({tuple(r["id"] for r in p) for p in picks}) > 1  # and not always the same subset
-    m = curation.curate_metrics(rated, 5, "random", 1)
+    m = curate_metrics(rated, 5, "random", 1)
     assert m["kept"] == 2 and m["selection"] == "random" and m["kept_at"] == {"3": 6, "4": 4, "5": 2}
 
 
 def test_curate_threshold_and_metrics_add_up():
     rated = [{"score": s} for s in (1, 2, 3.5, 4, 4.2, 5, None)]
-    assert [r["score"] for r in curation.curate(rated, 4)] == [4, 4.2, 5]
-    m = curation.curate_metrics(rated, 4)
+    assert [r["score"] for r in curate(rated, 4)] == [4, 4.2, 5]
+    m = curate_metrics(rated, 4)
     assert m["kept"] == 3 and m["kept_at"] == {"3": 4, "4": 3, "5": 1}
-    r = curation.rate_metrics(rated)
+    r = rate_metrics(rated)
     assert r["unparsable"] == 1 and sum(r["histogram"].values()) == r["rated"] == 7
 
 

@@ -14,7 +14,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from humpback import publish
+from humpback.results import publish
 
 ADAPTER = bytes(range(256)) * 8  # stands for adapter_model.safetensors
 METRICS = {

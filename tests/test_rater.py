@@ -5,15 +5,19 @@ import os
 
 import pytest
 
-from humpback import HumpbackError, curation
-from humpback.generation import Engine
+from humpback import HumpbackError
+
+from humpback.curation.check import load_rater_check, rater_check_items, rater_check_metrics, rating_metrics
+from humpback.curation.probe import expected, fit_head, head_probs
+from humpback.curation.rater import Rater, SCORINGS, fit_rater, rater_features
+from humpback.engine import Engine
 
 PAIRS = "data/rater_check/pairs.jsonl"
 
 
 @pytest.fixture(scope="module")
 def check_pairs(repo_root):
-    return curation.load_rater_check(os.path.join(repo_root, PAIRS))
+    return load_rater_check(os.path.join(repo_root, PAIRS))
 
 
 @pytest.fixture(scope="module")
@@ -47,13 +51,13 @@ def test_the_shipped_set_is_balanced_and_split_by_instruction(check_pairs):
     assert max(means) / min(means) < 1.15  # length does not give the level away
 
 
-@pytest.mark.parametrize("scoring", curation.SCORINGS)
+@pytest.mark.parametrize("scoring", SCORINGS)
 def test_every_scoring_gives_a_rubric_rating(engine, check_pairs, scoring, tmp_path):
     pairs = small(check_pairs)
-    rater = curation.fit_rater(engine, pairs, scoring, max_new_tokens=6, relevance_tokens=16, l2=1.0)
+    rater = fit_rater(engine, pairs, scoring, max_new_tokens=6, relevance_tokens=16, l2=1.0)
     rater.save(str(tmp_path / "rater"))
-    loaded = curation.Rater.load(str(tmp_path / "rater"))
-    items = curation.rater_check_items(pairs, "test")
+    loaded = Rater.load(str(tmp_path / "rater"))
+    items = rater_check_items(pairs, "test")
     rated = loaded.rate(engine, items)
     assert len(rated) == len(items) == 4 * 5 + 4
     for r in rated:
@@ -70,7 +74,7 @@ def test_every_scoring_gives_a_rubric_rating(engine, check_pairs, scoring, tmp_p
         # what was saved rates exactly as what was fit (rounded weights: to 0.01)
         direct = rater.rate(engine, items)
         assert [r["score_expected"] for r in direct] == pytest.approx([r["score_expected"] for r in rated], abs=0.02)
-    metrics = curation.rater_check_metrics(items, [r["score_expected"] for r in rated])
+    metrics = rater_check_metrics(items, [r["score_expected"] for r in rated])
     assert {"spearman", "auc_high_vs_low", "auc_offtopic", "mean_by_level"} <= set(metrics)
     assert set(metrics["mean_by_level"]) == {"1", "2", "3", "4", "5"}
 
@@ -79,24 +83,24 @@ def test_the_probe_learns_levels_it_is_shown(engine, check_pairs):
     """On its own training pairs, a linear head on the rater's state must rank levels: a head that
     ignores its input would not (this fails if features and labels are misaligned)."""
     pairs = small(check_pairs, per_part=6)
-    items = curation.rater_check_items(pairs, "dev")
-    feats = curation.rater_features(engine, items, 16)
-    head = curation.fit_head(items, feats, l2=0.01)
-    fitted = curation.rater_check_metrics(items, curation.expected(curation.head_probs(head, feats)).tolist())
+    items = rater_check_items(pairs, "dev")
+    feats = rater_features(engine, items, 16)
+    head = fit_head(items, feats, l2=0.01)
+    fitted = rater_check_metrics(items, expected(head_probs(head, feats)).tolist())
     assert fitted["spearman"] > 0.8
-    shuffled = curation.fit_head(items, feats[1:] + feats[:1], l2=0.01)  # labels no longer match
-    assert curation.head_probs(shuffled, feats).argmax(-1).tolist() != curation.head_probs(head, feats).argmax(-1).tolist()
+    shuffled = fit_head(items, feats[1:] + feats[:1], l2=0.01)  # labels no longer match
+    assert head_probs(shuffled, feats).argmax(-1).tolist() != head_probs(head, feats).argmax(-1).tolist()
 
 
 def test_metrics_on_known_scores():
     items = [{"level": lv, "offtopic": False} for lv in (1, 2, 3, 4, 5)] + [{"level": 5, "offtopic": True}]
-    perfect = curation.rater_check_metrics(items, [1, 2, 3, 4, 5, 1])
+    perfect = rater_check_metrics(items, [1, 2, 3, 4, 5, 1])
     assert perfect["spearman"] == 1.0 and perfect["auc_high_vs_low"] == 1.0 and perfect["auc_offtopic"] == 1.0
-    inverted = curation.rater_check_metrics(items, [5, 4, 3, 2, 1, 5])
+    inverted = rater_check_metrics(items, [5, 4, 3, 2, 1, 5])
     assert inverted["spearman"] == -1.0 and inverted["auc_high_vs_low"] == 0.0 and inverted["auc_offtopic"] == 0.0
-    flat = curation.rater_check_metrics(items, [3] * 6)
+    flat = rater_check_metrics(items, [3] * 6)
     assert flat["auc_high_vs_low"] == 0.5 and flat["mean_by_level"]["1"] == 3
-    rm = curation.rating_metrics(items, [{"score": s} for s in (1, 2, 4, 4, 5, 5)])
+    rm = rating_metrics(items, [{"score": s} for s in (1, 2, 4, 4, 5, 5)])
     assert rm["precision_at_4"] == pytest.approx(2 / 4, abs=1e-3) and rm["recall_at_4"] == 1.0
 
 
@@ -105,4 +109,4 @@ def test_a_bad_labelled_record_is_one_clear_error(tmp_path):
     good = {"id": "x-1", "instruction_id": "x", "instruction": "Q?", "response": "A.", "level": 1, "split": "dev"}
     path.write_text(json.dumps(good) + "\n" + json.dumps({**good, "level": 7}) + "\n")
     with pytest.raises(HumpbackError, match=r"pairs.jsonl:2: level must be 1-5"):
-        curation.load_rater_check(str(path))
+        load_rater_check(str(path))

@@ -2,7 +2,7 @@
 
 import pytest
 
-from humpback import prompts, recipe
+from humpback import paths, prompts, recipe
 from humpback.config import FinetuneParams, Params
 
 PAIRS = [{"id": f"x{i}", "instruction": f"Question number {i}?", "response": f"Answer {i}, in a few words."}
@@ -72,15 +72,15 @@ def test_rater_and_judge_models():
     assert recipe.judge_model(params) == (params.curation.rater, None)  # judge: rater
     assert not recipe.seed_model_needed(params)
     params.curation.rater = "self"
-    assert recipe.rater_model(params) == (base, recipe.SEED_MODEL)
-    assert recipe.judge_model(params) == (base, recipe.SEED_MODEL)
+    assert recipe.rater_model(params) == (base, paths.SEED_MODEL)
+    assert recipe.judge_model(params) == (base, paths.SEED_MODEL)
     assert recipe.seed_model_needed(params)
     params.evaluate.judge = "some/judge"
     assert recipe.judge_model(params) == ("some/judge", None)
     params.curation.rater = base
     assert not recipe.seed_model_needed(params)
     params.evaluate.judge = "self"
-    assert recipe.seed_model_needed(params) and recipe.judge_model(params) == (base, recipe.SEED_MODEL)
+    assert recipe.seed_model_needed(params) and recipe.judge_model(params) == (base, paths.SEED_MODEL)
 
 
 def test_round_argument():

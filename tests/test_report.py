@@ -9,7 +9,8 @@ import sys
 import pytest
 
 from browser import require_chromium
-from humpback import browser, report
+from humpback.curation.select import curate
+from humpback.results import browser, report
 
 XSS = '<script>alert("x")</script> & <b>bold</b>'
 
@@ -111,6 +112,8 @@ def test_stage_writes_the_report_and_fails_in_one_line(repo_root, tmp_path):
 
 
 def test_report_stage_is_declared_in_dvc_yaml(repo_root):
+    """The stage depends on the code that writes the page (its templates included) and on every param
+    that decides which pairs are kept."""
     import yaml
 
     with open(os.path.join(repo_root, "dvc.yaml")) as f:
@@ -118,9 +121,61 @@ def test_report_stage_is_declared_in_dvc_yaml(repo_root):
     assert list(stages)[-1] == "report"
     stage = stages["report"]
     assert stage["cmd"] == "python stages/report.py"
-    assert set(stage["deps"]) == {"stages/report.py", "humpback/report.py", "humpback/config.py",
-                                  "data/curated_dataset_all_evaluated.json", "metrics/rater_check.json"}
-    assert stage["params"] == ["curation.threshold"] and stage["outs"] == ["reports/curation.html"]
+    code = ["stages/report.py", "humpback/results/report.py", "humpback/results/render.py",
+            "humpback/curation/select.py", "humpback/formats.py", "humpback/config.py"]
+    templates = [f"humpback/results/templates/{name}" for name in ("report.html.j2", "report.css", "report.js")]
+    for path in code + templates + ["data/curated_dataset_all_evaluated.json", "metrics/rater_check.json"]:
+        assert any(path == dep or path.startswith(dep.rstrip("/") + "/") for dep in stage["deps"]), path
+    assert stage["params"] == ["curation.threshold", "curation.selection", "curation.seed"]
+    assert stage["outs"] == ["reports/curation.html"]
+
+
+def kept_marks(page):
+    """{pair id: "yes" or "no"}: how the page marks each pair of the table."""
+    return dict((rid, kept) for kept, rid in re.findall(
+        r'<tr data-i="\d+" data-bin="[^"]+" data-kept="(yes|no)"><td data-sort="\d+">([^<]*)<', page))
+
+
+def test_random_selection_marks_the_pairs_that_curate_keeps():
+    pairs = rated_pairs()
+    kept = {p["id"] for p in curate(pairs, 4, "random", seed=3)}
+    assert kept != {p["id"] for p in curate(pairs, 4)}  # else this test would not tell them apart
+    page = report.render(pairs, 4, None, selection="random", seed=3)
+    assert kept_marks(page) == {p["id"]: "yes" if p["id"] in kept else "no" for p in pairs}
+    s = report.summarize(pairs, 4, "random", 3)
+    assert s["kept"] == len(kept) == 7 and re.search(r'id="kept-count">7<', page)
+    assert {b: v["kept"] for b, v in s["histogram"].items()} == {
+        b: sum(p["id"] in kept and bin_of(p["score"]) == b for p in pairs) for b in report.BINS}
+    assert "curation.selection</code> = <b>random</b> (seed 3)" in page
+    # the threshold's counts stay the threshold's: random keeps as many
+    assert [(r["threshold"], r["kept"]) for r in s["kept_at"]] == [(3, 12), (4, 7), (5, 2)]
+
+
+def test_score_selection_marks_the_threshold_s_pairs():
+    pairs = rated_pairs()
+    kept = {p["id"] for p in curate(pairs, 4)}
+    page = report.render(pairs, 4, None)
+    assert kept_marks(page) == {p["id"]: "yes" if p["id"] in kept else "no" for p in pairs}
+    assert "curation.selection" not in page
+
+
+def test_stage_passes_the_selection_to_the_report(repo_root, tmp_path):
+    (tmp_path / "params.yaml").write_text("curation:\n  threshold: 4\n  selection: random\n  seed: 3\n")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "curated_dataset_all_evaluated.json").write_text(json.dumps(rated_pairs()))
+    proc = subprocess.run([sys.executable, os.path.join(repo_root, "stages", "report.py")], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": repo_root}, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    page = (tmp_path / "reports" / "curation.html").read_text()
+    assert page == report.render(rated_pairs(), 4, None, selection="random", seed=3)
+
+
+def test_the_report_does_not_load_torch(repo_root):
+    """The report stage reads ratings only: no model, no engine, so it starts in a moment."""
+    code = "import sys; import humpback.results.report; print(sorted(m for m in ('torch', 'humpback.engine') if m in sys.modules))"
+    proc = subprocess.run([sys.executable, "-c", code], env={**os.environ, "PYTHONPATH": repo_root},
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "[]"
 
 
 # ----------------------------------------------------------------------------------------- browser

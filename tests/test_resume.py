@@ -1,4 +1,4 @@
-"""Training that survives a kill (humpback/training.py): SIGKILL a real LoRA run after its first checkpoint,
+"""Training that survives a kill (humpback/training/checkpoints.py): SIGKILL a real LoRA run after its first checkpoint,
 rerun it, and get what an uninterrupted run gives, without running the steps before the checkpoint again.
 
 The killed run is its own process (this file is its driver: `python tests/test_resume.py SPEC.json`); it

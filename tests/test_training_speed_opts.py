@@ -1,9 +1,9 @@
-"""The speed options of humpback/training.py compute what the plain path computes (correctness, not timing).
+"""The speed options of humpback/training/ compute what the plain path computes (correctness, not timing).
 
 - trl packing (BFD, padding-free: several examples in one row, position_ids, no attention mask) must give
   each example the loss it has alone, with both CPU attention implementations (sdpa, eager): transformers
   builds a block-diagonal mask from the position_ids.
-- The LM head on labelled positions only (training._lm_head_on_label_positions_only) must give the same
+- The LM head on labelled positions only (training.compat.lm_head_on_label_positions_only) must give the same
   per-token log-probabilities as trl's CPU default, which scores every position.
 - bf16 training (model.dtype: bfloat16) runs on CPU, gives a finite loss near fp32's, and saves an fp32 adapter.
 """
@@ -91,7 +91,7 @@ def test_padded_batch_gives_each_example_its_loss_alone(tiny_model, repo_root):
 def test_lm_head_on_labelled_positions_only_gives_the_same_log_probs(tiny_model, repo_root):
     import trl.trainer.utils as trl_utils
 
-    from humpback import training
+    from humpback.training import compat
 
     # another test's training may have patched it already: start from trl's own
     trl_utils._use_triton = getattr(trl_utils._use_triton, "_humpback_original", trl_utils._use_triton)
@@ -102,14 +102,14 @@ def test_lm_head_on_labelled_positions_only_gives_the_same_log_probs(tiny_model,
         batch = next(iter(trainer.get_train_dataloader()))
         with torch.no_grad():
             full = model(**batch, fused_lm_head=True)
-            training._lm_head_on_label_positions_only()
+            compat.lm_head_on_label_positions_only()
             assert trl_utils._use_triton is not original and trl_utils._use_triton(torch.device("cpu"))
             compact = model(**batch, fused_lm_head=True)
         assert full.label_mask.sum() > 0
         assert torch.allclose(full.log_probs, compact.log_probs, atol=1e-6)
         assert torch.allclose(full.loss, compact.loss, atol=1e-6)
         patched = trl_utils._use_triton
-        training._lm_head_on_label_positions_only()  # idempotent: never wraps twice
+        compat.lm_head_on_label_positions_only()  # idempotent: never wraps twice
         assert trl_utils._use_triton is patched
     finally:
         trl_utils._use_triton = original

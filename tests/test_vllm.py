@@ -1,4 +1,4 @@
-"""engine: vllm (humpback/vllm_engine.py) against the native engine, on a tiny random Llama with a LoRA adapter.
+"""engine: vllm (humpback/engine/vllm.py) against the native engine, on a tiny random Llama with a LoRA adapter.
 
 Runs only where vLLM is installed (scripts/setup-vllm, in its own CI step). One vLLM engine serves the
 whole module, so its start-up (~20-30 s eager on 2 cores) is paid once.
@@ -12,10 +12,13 @@ pytest.importorskip("vllm")
 
 import torch  # noqa: E402
 
-from humpback import HumpbackError, curation, models, prompts  # noqa: E402
+from humpback import HumpbackError, models, prompts  # noqa: E402
+
+from humpback.curation.rater import rater_features, rater_suffixes
 from humpback.config import ModelParams  # noqa: E402
-from humpback.generation import Decoding, Engine  # noqa: E402
-from humpback.vllm_engine import VllmEngine, open_vllm_engine, require_hidden_state  # noqa: E402
+from humpback.engine import Decoding, Engine  # noqa: E402
+from humpback.engine.output_head import require_hidden_state  # noqa: E402
+from humpback.engine.vllm import VllmEngine, open_vllm_engine  # noqa: E402
 
 import tiny  # noqa: E402
 
@@ -68,7 +71,7 @@ def test_greedy_equals_the_native_engine(engines, prefix):
 def test_next_token_probs_equal_the_native_engine(engines):
     vllm_engine, native = engines
     tok = native.tok
-    head, suffixes, candidates = curation.rater_suffixes(tok, [{"instruction": "Say something.", "response": r}
+    head, suffixes, candidates = rater_suffixes(tok, [{"instruction": "Say something.", "response": r}
                                                                for r in RESPONSES])
     got = vllm_engine.next_token_probs(head, suffixes, candidates)
     want = native.next_token_probs(head, suffixes, candidates)
@@ -80,7 +83,7 @@ def test_next_token_features_recover_the_hidden_state(engines):
     """The probe's inputs: digit log-probabilities, and the last-layer hidden state, recovered from vLLM's full
     log-probability vector, equal the native engine's."""
     vllm_engine, native = engines
-    head, suffixes, candidates = curation.rater_suffixes(native.tok, [{"instruction": "Say something.", "response": r}
+    head, suffixes, candidates = rater_suffixes(native.tok, [{"instruction": "Say something.", "response": r}
                                                                       for r in RESPONSES])
     assert vllm_engine.supports_hidden_state
     feats = vllm_engine.next_token_features(head, suffixes, candidates)
@@ -96,8 +99,8 @@ def test_probe_features_equal_the_native_engine(engines):
     """Everything curation.scoring: probe reads (digit log-probabilities, hidden state, relevance)."""
     vllm_engine, native = engines
     pairs = [{"instruction": "Say something useful.", "response": r} for r in RESPONSES]
-    got = curation.rater_features(vllm_engine, pairs, 16)
-    want = curation.rater_features(native, pairs, 16)
+    got = rater_features(vllm_engine, pairs, 16)
+    want = rater_features(native, pairs, 16)
     for g, w in zip(got, want):
         assert g["relevance"] == pytest.approx(w["relevance"], abs=1e-4)
         assert g["hidden"] == pytest.approx(w["hidden"], abs=1e-3)
@@ -107,7 +110,7 @@ def test_without_a_hidden_state_the_probe_is_refused_with_a_clear_error(engines)
     vllm_engine, native = engines
     # the same vLLM engine, opened as with hidden_state=False: digit log-probabilities only
     no_hidden = VllmEngine(vllm_engine.llm, vllm_engine.tok, vllm_engine.fingerprint, 4, None)
-    head, suffixes, candidates = curation.rater_suffixes(native.tok, [{"instruction": "Hi.", "response": "Hello."}])
+    head, suffixes, candidates = rater_suffixes(native.tok, [{"instruction": "Hi.", "response": "Hello."}])
     (feat,) = no_hidden.next_token_features(head, suffixes, candidates)
     (ref,) = native.next_token_features(head, suffixes, candidates)
     assert feat["logprobs"] == pytest.approx(ref["logprobs"], abs=1e-4)
@@ -146,7 +149,7 @@ def test_result_cache_serves_a_rerun(engines):
 def test_prefix_caching_serves_the_shared_prefix(engines):
     vllm_engine, native = engines
     assert vllm_engine.llm.llm_engine.vllm_config.cache_config.enable_prefix_caching
-    head, suffixes, candidates = curation.rater_suffixes(
+    head, suffixes, candidates = rater_suffixes(
         native.tok, [{"instruction": f"Prefix test {i}.", "response": r} for i, r in enumerate(RESPONSES)])
     before = dict(vllm_engine.stats)
     vllm_engine.next_token_probs(head, suffixes, candidates)
@@ -166,7 +169,7 @@ def test_sampling_is_seeded_per_prompt(engines):
     try:
         assert vllm_engine.generate(prompts.BACKWARD_PREFIX, suffixes[2:4], decoding) == all_six[2:4]
     finally:
-        from humpback.generation import ResultCache
+        from humpback.engine import ResultCache
 
         vllm_engine.cache = ResultCache.default()
 

@@ -5,7 +5,8 @@ template's `{scripts}` placeholder. Our template has no `{scripts}`, so those ta
 and carries instead the self-contained bundle that vl-convert-python ships. dvc_render only requires
 `{plot_divs}` (dvc_render.html.HTML); `{refresh_tag}` keeps `dvc plots show --refresh` working.
 
-The template is generated at run time into the cache directory (nearly 1 MB of JS we do not commit).
+The template is generated at run time into the cache directory (nearly 1 MB of JS we do not commit),
+from templates/dvc-plots.html and templates/dvc-plots.js.
 """
 
 from __future__ import annotations
@@ -15,49 +16,17 @@ import os
 import re
 import subprocess
 
-from . import HumpbackError
+from .. import HumpbackError
+from .render import source
 
-PAGE = """<!DOCTYPE html>
-<html>
-<head>
-<meta charset="utf-8">
-{refresh_tag}
-<title>humpback: DVC plots</title>
-<script>@BUNDLE@</script>
-<script>@WRAPPER@</script>
-<style>
-body { font-family: system-ui, sans-serif; margin: 1.5em; }
-body > div[id] { margin-bottom: 2em; }
-.plot-error { color: #b00020; white-space: pre-wrap; }
-</style>
-</head>
-<body>
-{plot_divs}
-</body>
-</html>
-"""
+# The page is dvc_render's template (its `{plot_divs}` and `{refresh_tag}`), not a Jinja one: we
+# only put the bundle and the wrapper in its two `<script>`s.
+PAGE = source("dvc-plots.html")
 
 # DVC's divs call `vegaEmbed('#id', spec)` with no options. Draw SVG (crisp, text stays text), drop the
 # menu entry that opens the online editor, and record the outcome on the div: a failed plot shows its
 # error in the page instead of only in the console.
-WRAPPER = """
-(function () {
-  const embed = window.vegaEmbed;
-  window.vegaEmbed = function (el, spec, opts) {
-    const div = typeof el === "string" ? document.querySelector(el) : el;
-    const options = Object.assign({renderer: "svg", actions: {export: true, source: true, compiled: false, editor: false}}, opts);
-    return embed(el, spec, options).then(
-      (result) => { div.dataset.plot = "ok"; return result; },
-      (err) => {
-        div.dataset.plot = "error";
-        const pre = document.createElement("pre");
-        pre.className = "plot-error";
-        pre.textContent = "This plot failed to render: " + err;
-        div.appendChild(pre);
-      });
-  };
-})();
-"""
+WRAPPER = source("dvc-plots.js")
 
 
 def _cache_root() -> str:

@@ -7,7 +7,7 @@ import shutil
 import subprocess
 import tempfile
 
-from . import HumpbackError
+from .. import HumpbackError
 
 # Offline and quiet: no first-run UI, no background traffic, a fresh profile per call.
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

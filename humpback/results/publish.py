@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import yaml
 
-from . import HumpbackError
-from .config import load_params
+from .. import HumpbackError
+from ..config import load_params
+from .render import render
 
 PAPER = "https://arxiv.org/abs/2308.06259"
 TAGS = ["humpback", "instruction-backtranslation", "self-curation", "dvc"]
@@ -132,63 +133,27 @@ METRIC_NOTES = {
 }
 
 
-def metrics_md(metrics: dict[str, dict]) -> str:
-    if not metrics:
-        return "No metrics file found for this artifact.\n"
-    out = []
-    for name, values in metrics.items():
-        rows = "\n".join(f"| `{k}` | {json.dumps(v)} |" for k, v in flatten(values))
-        note = f" {METRIC_NOTES[name]}." if name in METRIC_NOTES else ""
-        out.append(f"`metrics/{name}`:{note}\n\n| metric | value |\n|---|---|\n{rows}\n")
-    return "\n".join(out)
+RATER_CHECK_LABELS = (
+    ("rater", "rater"), ("scoring", "scoring mode"), ("pairs", "pairs rated"),
+    ("spearman", "Spearman correlation between the score and the intended quality level"),
+    ("auc_high_vs_low", "AUC, high- vs. low-quality pairs"),
+    ("auc_offtopic", "AUC, matched vs. off-topic instructions"),
+)
 
 
-def rater_check_md(check: dict | None) -> str:
-    if check is None:
-        return ("Not run: `metrics/rater_check.json` does not exist, so nothing here measures whether the rater "
-                "tells good pairs from bad ones.\n")
-    lines = [f"- {label}: {json.dumps(check[k])}" for k, label in (
-        ("rater", "rater"), ("scoring", "scoring mode"), ("pairs", "pairs rated"),
-        ("spearman", "Spearman correlation between the score and the intended quality level"),
-        ("auc_high_vs_low", "AUC, high- vs. low-quality pairs"),
-        ("auc_offtopic", "AUC, matched vs. off-topic instructions")) if k in check]
+def metrics_tables(metrics: dict[str, dict]) -> list[dict]:
+    """Per metrics file: its name, what it measures, and its (flattened key, value) rows."""
+    return [{"name": name, "note": METRIC_NOTES.get(name), "rows": list(flatten(values))}
+            for name, values in metrics.items()]
+
+
+def rater_check_rows(check: dict) -> list[tuple[str, str]]:
+    """(label, value as the card writes it) of the rater check's headline metrics."""
+    rows = [(label, json.dumps(check[k])) for k, label in RATER_CHECK_LABELS if k in check]
     if isinstance(check.get("mean_by_level"), dict):
-        lines.append("- mean score by intended level: " + ", ".join(
-            f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in check["mean_by_level"].items()))
-    return "\n".join(lines) + "\n\nAn AUC of 0.5 is chance: the rater then keeps pairs no better than at random.\n"
-
-
-def profile_md(params) -> str:
-    notes = []
-    if "SmolLM2-135M" in params.model.base:
-        notes.append("This comes from the project's **default CPU profile**: SmolLM2-135M-Instruct (135M "
-                     "parameters) plays every role, with small sample sizes, so that the whole pipeline runs on a "
-                     "laptop in minutes. It is a toy run that shows the method end to end, not a useful model.")
-    if params.data.source == "bundled":
-        notes.append("The data is the small corpus bundled with the project (`data/raw/`), written for it in the "
-                     "OpenAssistant-Guanaco and LIMA formats, not the original datasets.")
-    else:
-        notes.append(f"The data comes from the Hub: `{params.data.guanaco_hub}` (seed pairs) and "
-                     f"`{params.data.lima_hub}` (unlabelled responses); their licenses and terms apply.")
-    return "\n\n".join(notes) + "\n"
-
-
-def provenance_md(rev: str, dirty: bool, outs: dict[str, dict], artifact: Artifact) -> str:
-    state = " (the working tree had uncommitted changes to tracked files)" if dirty else ""
-    lines = [f"- git revision: `{rev}`{state}", f"- DVC stage: `{artifact.stage}` (see `dvc.yaml`)"]
-    for path in artifact.paths:
-        o = outs.get(path)
-        if o:
-            extra = f", {o['nfiles']} files" if "nfiles" in o else ""
-            lines.append(f"- `{path}`: md5 `{o.get('md5')}` in `dvc.lock` ({o.get('size')} bytes{extra})")
-        else:
-            lines.append(f"- `{path}`: not recorded in `dvc.lock`")
-    return "\n".join(lines) + "\n"
-
-
-def params_md(params, sections) -> str:
-    picked = {s: dataclasses.asdict(getattr(params, s)) for s in sections}
-    return f"```yaml\n{yaml.safe_dump(picked, sort_keys=False)}```\n"
+        rows.append(("mean score by intended level", ", ".join(
+            f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in check["mean_by_level"].items())))
+    return rows
 
 
 def card(project: str, artifact: Artifact, repos: dict[str, str], base_model: str | None) -> str:
@@ -196,40 +161,20 @@ def card(project: str, artifact: Artifact, repos: dict[str, str], base_model: st
 
     params = load_params(os.path.join(project, "params.yaml"))
     rev, dirty = git_revision(project)
-    metrics = read_metrics(project, artifact.metrics)
+    metrics = metrics_tables(read_metrics(project, artifact.metrics))
     check = read_metrics(project, ["rater_check.json"]).get("rater_check.json")
     base = base_model or hub_id(params.model.base)
-    repo = repos[artifact.key]
-    base_line = (f"Base model: `{base}`." if base else
-                 f"Base model: `{params.model.base}` (`model.base` in params.yaml; not a Hub id, so no `base_model` "
-                 "metadata: pass `--base-model` to set one).")
+    adapter = artifact.repo_type == "model" and os.path.exists(
+        os.path.join(project, artifact.paths[0], "adapter_config.json"))
 
     if artifact.repo_type == "model":
-        role = {
-            "backward": ("the **backward model** of instruction backtranslation: given a response, it writes an "
-                         "instruction that the response would answer. It is trained with LoRA on seed "
-                         "(instruction, response) pairs, reversed."),
-            "final": ("the **final model** of instruction backtranslation: the base model fine-tuned with LoRA on "
-                      f"the self-curated pairs in [`{repos['curated']}`](https://huggingface.co/datasets/"
-                      f"{repos['curated']}), which the backward model wrote and the rater kept."),
-        }[artifact.key]
-        adapter = os.path.exists(os.path.join(project, artifact.paths[0], "adapter_config.json"))
         datasets = [repos["curated"]] if artifact.key == "final" else (
             [params.data.guanaco_hub] if params.data.source == "hub" else [])
         data = ModelCardData(license="apache-2.0", base_model=base, library_name="peft" if adapter else "transformers",
                              tags=TAGS + (["lora"] if adapter else []), datasets=datasets or None,
                              pipeline_tag="text-generation")
-        usage = (f"```python\nfrom peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-                 f"base = AutoModelForCausalLM.from_pretrained(\"{base or 'BASE_MODEL'}\")\n"
-                 f"model = PeftModel.from_pretrained(base, \"{repo}\")\n"
-                 f"tokenizer = AutoTokenizer.from_pretrained(\"{repo}\")\n```\n"
-                 "The prompt format is in `humpback/prompts.py` at the revision below.\n") if adapter else ""
-        title, cls = f"humpback {artifact.key} model", (ModelCard, data)
+        title, card_cls = f"humpback {artifact.key} model", ModelCard
     else:
-        role = ("the **self-curated instruction data** of instruction backtranslation: responses from an unlabelled "
-                "corpus, an instruction for each written by the backward model, and the rater's score from 1 to 5. "
-                "`curated_dataset.json` holds the pairs kept at `curation.threshold`; "
-                "`curated_dataset_all_evaluated.json` every rated pair with its score and the rater's output.")
         n = len(_records(project, "data/curated_dataset_all_evaluated.json"))
         # Hub data (LIMA) comes with its own terms: no blanket apache-2.0 then.
         license = {"license": "apache-2.0"} if params.data.source == "bundled" else {
@@ -239,42 +184,17 @@ def card(project: str, artifact: Artifact, repos: dict[str, str], base_model: st
                                size_categories=["n<1K" if n < 1000 else "1K<n<10K" if n < 10_000 else "10K<n<100K"],
                                configs=[{"config_name": "curated", "data_files": "curated_dataset.json", "default": True},
                                         {"config_name": "all_evaluated", "data_files": "curated_dataset_all_evaluated.json"}])
-        usage = (f"```python\nfrom datasets import load_dataset\n\nkept = load_dataset(\"{repo}\", \"curated\", split=\"train\")\n"
-                 f"rated = load_dataset(\"{repo}\", \"all_evaluated\", split=\"train\")\n```\n")
-        title, cls = "humpback self-curated data", (DatasetCard, data)
-        base_line = (f"Instructions written by the backward model (LoRA on `{params.model.base}`); scores by "
-                     f"`{params.curation.rater}` (`{params.curation.scoring}` scoring).")
+        title, card_cls = "humpback self-curated data", DatasetCard
 
-    body = f"""# {title}
-
-This is {role}
-
-It was produced by humpback-dvc, a reference implementation of instruction backtranslation
-([Li et al. 2023, "Self-Alignment with Instruction Backtranslation"]({PAPER})) as a DVC pipeline.
-{base_line}
-
-{profile_md(params)}
-## Use
-
-{usage or "Load the files in this repository as usual."}
-## Metrics
-
-{metrics_md(metrics)}
-## Rater check
-
-{rater_check_md(check)}
-## Parameters
-
-The `params.yaml` sections that produced this artifact:
-
-{params_md(params, artifact.params)}
-## Provenance
-
-{provenance_md(rev, dirty, lock_outs(project, artifact), artifact)}
-To reproduce: check out that revision, then `dvc repro` (or `dvc pull` to fetch the recorded outputs).
-"""
-    card_cls, card_data = cls
-    return str(card_cls(f"---\n{card_data.to_yaml()}\n---\n\n{body}"))
+    outs = lock_outs(project, artifact)
+    picked = {section: dataclasses.asdict(getattr(params, section)) for section in artifact.params}
+    body = render(
+        "card.md.j2", title=title, artifact=artifact, repos=repos, repo=repos[artifact.key], paper=PAPER,
+        params=params, base=base, adapter=adapter, metrics=metrics,
+        check=check, check_rows=rater_check_rows(check) if check is not None else [],
+        params_yaml=yaml.safe_dump(picked, sort_keys=False), rev=rev, dirty=dirty,
+        outs=[(path, outs.get(path)) for path in artifact.paths])
+    return str(card_cls(f"---\n{data.to_yaml()}\n---\n\n{body}"))
 
 
 def _records(project: str, rel: str) -> list:

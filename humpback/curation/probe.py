@@ -1,0 +1,68 @@
+"""The probe: a linear head on the rater's hidden state after `Score:` maps it to the five rubric
+levels, and a gate on relevance moves off-topic pairs to level 1. Both are fit by L-BFGS on the dev
+part of the rater check."""
+
+from __future__ import annotations
+
+import torch
+
+
+def expected(probs):
+    """Probability-weighted rubric score of a `[..., 5]` distribution over 1..5."""
+    return (probs * torch.arange(1, 6, dtype=probs.dtype)).sum(-1)
+
+
+def _head_inputs(feats: list[dict]):
+    return torch.tensor([f["hidden"] + f["logprobs"] + [f["relevance"]] for f in feats], dtype=torch.float32)
+
+
+def fit_head(items: list[dict], feats: list[dict], l2: float = 1.0, steps: int = 500) -> dict:
+    """A linear rubric head on the rater's features: multinomial logistic regression onto levels 1-5
+    (off-topic pairs are level 1), L2-regularized, fit by L-BFGS on standardized inputs."""
+    x = _head_inputs(feats)
+    y = torch.tensor([1 if it["offtopic"] else it["level"] for it in items]) - 1
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    w, b = _minimize(lambda w, b: torch.nn.functional.cross_entropy(z @ w + b, y) + l2 * (w ** 2).sum() / len(y),
+                     torch.zeros(z.shape[1], 5), torch.zeros(5), steps=steps)
+    return {"mean": mean, "std": std, "weight": w, "bias": b}
+
+
+def _minimize(loss_fn, *init, steps: int):
+    """The parameters, from `init`, that minimize `loss_fn(*params)`, by L-BFGS."""
+    params = [t.clone().requires_grad_(True) for t in init]
+    opt = torch.optim.LBFGS(params, max_iter=steps, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        loss = loss_fn(*params)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return [t.detach() for t in params]
+
+
+def head_probs(head: dict, feats: list[dict]):
+    z = (_head_inputs(feats) - head["mean"]) / head["std"]
+    return (z @ head["weight"] + head["bias"]).softmax(-1)
+
+
+def fit_gate(items: list[dict], feats: list[dict], steps: int = 200) -> dict:
+    """P(on topic) from relevance alone: a 1-D logistic regression of answers (level >= 2) against the
+    off-topic swaps. The rubric puts an answer to another question at 1, whatever its quality."""
+    on = [(f["relevance"], 1.0) for it, f in zip(items, feats) if not it["offtopic"] and it["level"] >= 2]
+    off = [(f["relevance"], 0.0) for it, f in zip(items, feats) if it["offtopic"]]
+    x = torch.tensor([r for r, _ in on + off])
+    y = torch.tensor([t for _, t in on + off])
+    weight = torch.where(y > 0, len(off) / len(on), 1.0)  # balance the two classes
+    a, b = _minimize(lambda a, b: torch.nn.functional.binary_cross_entropy_with_logits(a * x + b, y, weight=weight),
+                     torch.ones(1), torch.zeros(1), steps=steps)
+    return {"scale": a, "bias": b}
+
+
+def gated_probs(tensors: dict, feats: list[dict]):
+    """The head's level distribution, with the chance of being off topic moved to level 1."""
+    p = head_probs(tensors, feats)
+    on = torch.sigmoid(tensors["gate_scale"] * torch.tensor([f["relevance"] for f in feats]) + tensors["gate_bias"])[:, None]
+    return on * p + (1 - on) * torch.nn.functional.one_hot(torch.zeros(len(feats), dtype=torch.long), 5)
