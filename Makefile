@@ -1,4 +1,4 @@
-.PHONY: setup repro test s3
+.PHONY: setup repro test s3 docs
 setup:
 	bash scripts/setup
 
@@ -14,4 +14,9 @@ s3:
 # slowest tests at the end); then the vLLM engine's tests, in a venv with vLLM added.
 test: setup
 	python -m pytest -q --durations=10
+	python -m mkdocs build --strict --quiet   # the docs site: a broken link, anchor or snippet fails
 	bash scripts/test-vllm
+
+# The documentation site, offline (writes site/; `python -m mkdocs serve` previews it).
+docs:
+	python -m mkdocs build --strict
