@@ -99,3 +99,31 @@ def test_the_walk_sees_imports_inside_functions_and_relative_ones(tmp_path, monk
     # A stage that lists nothing of the package misses everything it imports.
     assert not covered("humpback/models.py", ["stages/evaluate.py", "humpback/model"])
     assert covered("humpback/engine/base.py", ["humpback/engine"])
+
+
+def test_the_package_has_no_import_circles_and_no_module_over_300_lines():
+    """One concern per module: a module imports lower layers only (never, also lazily, one that imports it
+    back), and none grows past 300 lines."""
+    import glob
+
+    files = [os.path.relpath(f, ROOT) for f in glob.glob(os.path.join(ROOT, PACKAGE, "**", "*.py"), recursive=True)]
+    long = {f: n for f in files if (n := sum(1 for _ in open(os.path.join(ROOT, f), encoding="utf-8"))) > 300}
+    assert not long, f"modules over 300 lines: {long}"
+    graph = {}
+    for f in files:
+        targets = {module_file(name) for name in imported_modules(f)} - {None, f}
+        # a module's own parent packages run before it: that is not an edge of the module graph
+        graph[f] = {m for m in targets if not (m.endswith("__init__.py") and f.startswith(os.path.dirname(m) + "/"))}
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node, path):
+        state[node] = 1
+        for nxt in sorted(graph.get(node, ())):
+            assert state.get(nxt) != 1, f"import circle: {' -> '.join(path[path.index(nxt):] + [nxt])}"
+            if nxt not in state:
+                visit(nxt, path + [nxt])
+        state[node] = 2
+
+    for f in sorted(files):
+        if f not in state:
+            visit(f, [f])
