@@ -38,6 +38,8 @@ def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", action="store_true", help="run `dvc repro -f` with an empty model and result cache first")
     ap.add_argument("--cache-dir", help="with --run: HUMPBACK_CACHE_DIR (default: a new empty directory)")
+    ap.add_argument("--peak", type=float, help="GFLOP/s to use as the matmul peak instead of measuring it now "
+                    "(when the machine is busy now; name where it was measured)")
     ap.add_argument("--out", help="also write the report to this file")
     return ap.parse_args()
 
@@ -87,7 +89,7 @@ def main():
         from transformers import AutoModelForCausalLM
 
         n_params = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
-    peak = matmul_peak(config, getattr(torch, dtype_name)) * 1e9  # FLOP/s
+    peak = (args.peak or matmul_peak(config, getattr(torch, dtype_name))) * 1e9  # FLOP/s
 
     lines = [f"# Pipeline against its compute floor: {since} (UTC)", "",
              f"CPU: {cpu_model()} x{os.cpu_count()}; torch {torch.__version__}; model.dtype {params.model.dtype} "
