@@ -23,6 +23,7 @@ class DataParams:
 
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")  # model.dtype; humpback.models.resolve_dtype resolves auto
+SELECTIONS = ("score", "random", "longest", "ifd")  # curation.selection; humpback.curation.select
 
 
 @dataclass
@@ -94,7 +95,7 @@ class CurationParams:
     iterations: int = 1  # 2: the round-1 model M1 re-rates the pairs, and round 2 curates and fine-tunes again
     scoring: str = "probe"  # generate | expected | calibrated | probe (humpback.curation.Rater)
     threshold: float = 4
-    selection: str = "score"  # score: the rated pairs at or above threshold; random: as many, at random
+    selection: str = "score"  # score: the rated pairs at or above threshold; random, longest, ifd: as many, chosen so
     seed: int = 0  # selection: random
     batch_size: int = 8
     max_new_tokens: int = 96  # generate mode only
@@ -112,6 +113,11 @@ class EvaluateParams:
     tie_margin: float = 0.25  # judge: rater: expected scores closer than this are a tie
     judged: int = 30  # held-out instructions answered by both models and judged (0: none)
     max_new_tokens: int = 96  # response length for judging
+    gap_tokens: int = 64  # conditioning gap: response tokens scored under another instruction
+    ifeval_prompts: int = 0  # verifiable instructions (data/eval/ifeval.jsonl): the first N, 0 for all
+    ifeval_max_new_tokens: int = 64  # enough for every constraint in the set
+    bootstrap_resamples: int = 2000  # every interval: paired percentile bootstrap over items
+    seed: int = 0  # the bootstrap's and the derangement's
 
 
 @dataclass
@@ -163,8 +169,11 @@ def load_params(path: str = "params.yaml") -> Params:
     scorings = ("generate", "expected", "calibrated", "probe")
     if params.curation.scoring not in scorings:
         raise HumpbackError(f"{path}: curation.scoring must be one of {', '.join(scorings)}, not {params.curation.scoring!r}")
-    if params.curation.selection not in ("score", "random"):
-        raise HumpbackError(f"{path}: curation.selection must be 'score' or 'random', not {params.curation.selection!r}")
+    if params.curation.selection not in SELECTIONS:
+        raise HumpbackError(f"{path}: curation.selection must be one of {', '.join(SELECTIONS)}, "
+                            f"not {params.curation.selection!r}")
+    if params.evaluate.bootstrap_resamples < 1000:
+        raise HumpbackError(f"{path}: evaluate.bootstrap_resamples must be at least 1000")
     if params.curation.iterations not in (1, 2):
         raise HumpbackError(f"{path}: curation.iterations must be 1 or 2, not {params.curation.iterations!r}")
     if params.launch.engine not in ("native", "vllm"):

@@ -152,8 +152,9 @@ def judge_by_rater(rater, engine: Engine, instructions: list[str], base_response
             for ins, b, f, sb, sf in zip(instructions, base_responses, final_responses, scores[:n], scores[n:])]
 
 
-def judge_metrics(verdicts: list) -> dict:
-    """Win, tie and loss rates of the final model over the base model, rounded to 4 dp.
+def judge_metrics(verdicts: list, resamples: int | None = None, seed: int = 0) -> dict:
+    """Win, tie and loss rates of the final model over the base model, rounded to 4 dp, with 95% bootstrap
+    intervals over items (`win_rate_ci`, `loss_rate_ci`) when `resamples` is given.
 
     `verdicts`: the records of `judge_pairs` or their verdict strings. With nothing judged the rates are
     None (not 0: no evidence is not a zero win rate). The rates sum to 1 up to rounding (the tie rate
@@ -167,7 +168,13 @@ def judge_metrics(verdicts: list) -> dict:
         return {"judged": 0, "win_rate": None, "tie_rate": None, "loss_rate": None}
     win = round(labels.count("win") / n, 4)
     loss = round(labels.count("loss") / n, 4)
-    return {"judged": n, "win_rate": win, "tie_rate": round(1 - win - loss, 4), "loss_rate": loss}
+    out = {"judged": n, "win_rate": win, "tie_rate": round(1 - win - loss, 4), "loss_rate": loss}
+    if resamples:
+        from .evaluation.bootstrap import interval
+
+        for name in ("win", "loss"):
+            out[f"{name}_rate_ci"] = interval(lambda x: x.mean(), [[v == name for v in labels]], resamples, seed)
+    return out
 
 
 def shared_prefix(texts: list[str]) -> int:

@@ -15,6 +15,7 @@ def main():
         rater_check_path=paths.metrics("rater_check"),  # optional: the page says when it is absent
         selection=c.selection,  # the page marks the pairs that `curate` keeps, by its own rule
         seed=c.seed,
+        curated_path=paths.FINAL.curated,  # selection: ifd (the IFD values are there)
     )
     print(f"{paths.REPORT}: {summary['pairs']} pairs, {summary['kept']} kept at {summary['threshold']}")
 

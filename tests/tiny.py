@@ -85,7 +85,8 @@ TINY_PARAMS = {
     # one round without seed mix: the quickest; tests/test_pipeline.py's full_recipe turns every part on
     "finetune": {"mix_seed": False, "max_steps": 2, "per_device_train_batch_size": 2, "max_length": 256, "eval_size": 4,
                  "logging_steps": 1, "eval_steps": 1, "lora_r": 4, "lora_alpha": 8},
-    "evaluate": {"batch_size": 4, "max_length": 128, "judged": 4, "max_new_tokens": 8},
+    "evaluate": {"batch_size": 4, "max_length": 128, "judged": 4, "max_new_tokens": 8, "gap_tokens": 8,
+                 "ifeval_prompts": 6, "ifeval_max_new_tokens": 8, "bootstrap_resamples": 1000},
 }
 
 

@@ -44,13 +44,25 @@ def rate_metrics(rated: list[dict]) -> dict:
 def curate(rated: list[dict], threshold: float, selection: str = "score", seed: int = 0) -> list[dict]:
     """Keep the pairs rated at or above the threshold; unparsable ones are never kept.
 
-    `selection: random` keeps a seeded random subset of the scored pairs, of the same size as the
-    threshold keeps: the control that tells what the rater's choice is worth (the paper's Fig. 3)."""
+    The other selections keep as many of the scored pairs as the threshold keeps, chosen otherwise: the
+    controls that tell what the rater's choice is worth.
+    - `random`: a seeded random subset (the paper's Fig. 3);
+    - `longest`: the longest responses, in characters (Zhao et al. 2024, "Long Is More for Alignment");
+    - `ifd`: the highest instruction-following difficulty among pairs whose instruction helps (IFD < 1;
+      Cherry LLM, Superfiltering); each record needs its `ifd` (curation.ifd computes it)."""
     kept = [r for r in rated if is_kept(r["score"], threshold)]
     if selection == "score":
         return kept
     scored = [r for r in rated if r["score"] is not None]
-    chosen = set(r["id"] for r in formats.shuffled(scored, seed)[: len(kept)])
+    if selection == "random":
+        ranked = formats.shuffled(scored, seed)
+    elif selection == "longest":
+        ranked = sorted(scored, key=lambda r: -len(r["response"]))
+    elif selection == "ifd":
+        ranked = sorted((r for r in scored if r["ifd"] is not None and r["ifd"] < 1), key=lambda r: -r["ifd"])
+    else:
+        raise ValueError(f"unknown selection {selection!r}")
+    chosen = set(r["id"] for r in ranked[: len(kept)])
     return [r for r in scored if r["id"] in chosen]  # in rated order, like `score`
 
 

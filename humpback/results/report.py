@@ -42,7 +42,8 @@ def score_bin(record: dict) -> str:
 
 def _scores(rated: list[dict]) -> list[dict]:
     """What `curate` reads of each pair: its position as the id, and the score this page shows."""
-    return [{"id": i, "score": score_of(r)} for i, r in enumerate(rated)]
+    return [{"id": i, "score": score_of(r), "response": str(r.get("response", "")), "ifd": r.get("ifd")}
+            for i, r in enumerate(rated)]
 
 
 def kept_flags(rated: list[dict], threshold: float, selection: str = "score", seed: int = 0) -> list[bool]:
@@ -213,9 +214,13 @@ def load_rater_check(path: str) -> dict | None:
 
 
 def build(out: str, rated_path: str, threshold: float, rater_check_path: str, selection: str = "score",
-          seed: int = 0) -> dict:
-    """Write the report to `out`; returns the summary it shows."""
+          seed: int = 0, curated_path: str | None = None) -> dict:
+    """Write the report to `out`; returns the summary it shows. Under `selection: ifd` the choice rests on
+    the base model's IFD, which only the curated file (`curated_path`) holds: its pairs are the kept ones."""
     rated = load_rated(rated_path)
+    if selection == "ifd":
+        ifd = {r["id"]: r.get("ifd") for r in load_rated(curated_path)}
+        rated = [{**r, "ifd": ifd.get(r.get("id"))} for r in rated]
     page = render(rated, threshold, load_rater_check(rater_check_path), rater_check_path, selection, seed)
     os.makedirs(os.path.dirname(out) or ".", exist_ok=True)
     with open(out, "w", encoding="utf-8") as f:
