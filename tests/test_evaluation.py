@@ -130,3 +130,11 @@ def test_selections_keep_as_many_as_the_threshold():
     assert [r["id"] for r in curate(rated, 4, "longest")] == [1, 3]  # the unscored pair is never kept
     assert [r["id"] for r in curate(rated, 4, "ifd")] == [0, 3]  # highest IFD below 1
     assert len(curate(rated, 4, "random", 1)) == 2
+
+
+def test_loader_checks_kwarg_types(tmp_path):
+    path = tmp_path / "set.jsonl"
+    path.write_text(json.dumps({"key": 0, "prompt": "x", "instruction_id_list": ["words_at_most"],
+                                "kwargs": [{"n": "ten"}]}) + "\n")
+    with pytest.raises(HumpbackError, match=r":1: kwargs for 'words_at_most': n must be int"):
+        ifeval.load_prompts(str(path))

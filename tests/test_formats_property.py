@@ -19,6 +19,9 @@ from hypothesis import strategies as st
 from humpback import HumpbackError, formats
 
 from humpback.curation.check import RATER_CHECK_FIELDS, load_rater_check
+from humpback.evaluation.constraints import CHECKERS
+from humpback.evaluation.ifeval import FIELDS as IFEVAL_FIELDS
+from humpback.evaluation.ifeval import load_prompts
 
 FAST = settings(max_examples=200, deadline=None, database=None)  # no .hypothesis/ left in the checkout
 
@@ -35,7 +38,7 @@ def OLD_read_jsonl(path):
 # ---------------------------------------------------------------------------------------------------
 # Strategies
 
-KEYS = st.sampled_from(["text", "conversations", "source", *RATER_CHECK_FIELDS]) | st.text(max_size=4)
+KEYS = st.sampled_from(["text", "conversations", "source", *RATER_CHECK_FIELDS, *IFEVAL_FIELDS]) | st.text(max_size=4)
 SCALARS = (st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False)
            | st.text(max_size=8))
 JSON_VALUES = st.recursive(SCALARS, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(KEYS, inner, max_size=3),
@@ -56,7 +59,13 @@ RECORDS = (JSON_VALUES
                        st.dictionaries(KEYS, JSON_VALUES, max_size=2))
            | st.builds(lambda c, s: {"conversations": c, **s}, LIMA_CONV | JSON_VALUES,
                        st.fixed_dictionaries({}, optional={"source": JSON_VALUES}))
-           | RATER)
+           | RATER
+           | st.fixed_dictionaries({"key": JSON_VALUES, "prompt": st.text(max_size=8) | JSON_VALUES,
+                                    "instruction_id_list": st.lists(st.sampled_from(sorted(CHECKERS)) | JSON_VALUES,
+                                                                    max_size=2),
+                                    "kwargs": st.lists(st.dictionaries(st.sampled_from(["n", "keywords", "phrase"]),
+                                                                       JSON_VALUES, max_size=2) | JSON_VALUES,
+                                                       max_size=2)}))
 
 # Bytes: random, or made of pieces that have broken or nearly broken a reader (bad UTF-8, BOMs, line ends,
 # NaN, numbers out of range, lone surrogates, deep nesting), or a valid file with a few bytes spliced in.
@@ -147,6 +156,12 @@ def load_everything(path: str, valid: bool = False) -> None:
     else:
         assert len(pairs) == len(list(formats.read_jsonl(path)))
         assert all(p["level"] in (1, 2, 3, 4, 5) and p["split"] in ("dev", "test") for p in pairs)
+    try:
+        prompts = load_prompts(path)
+    except HumpbackError as e:
+        assert_one_line(e, path)
+    else:  # all or nothing: a prompt dropped in silence would be another evaluation set
+        assert len(prompts) == len(list(formats.read_jsonl(path))) > 0
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -24,6 +24,15 @@ def _kwargs_error(iid: str, kwargs) -> str | None:
         sig.bind("", **kwargs)
     except TypeError as e:
         return f"kwargs for {iid!r} do not fit its checker ({e})"
+    for name, value in kwargs.items():
+        kind = sig.parameters[name].annotation
+        ok = {"int": isinstance(value, int) and not isinstance(value, bool) and value >= 0,
+              "str": isinstance(value, str) and bool(value.strip()),
+              "list[str]": isinstance(value, list) and bool(value) and all(isinstance(v, str) and v.strip()
+                                                                          for v in value),
+              }.get(kind, False)  # constraints.py's annotations, as text (postponed evaluation)
+        if not ok:
+            return f"kwargs for {iid!r}: {name} must be {kind}, not {value!r}"[:200]
     return None
 
 
