@@ -33,12 +33,13 @@ def blind(a):
         key.append("final" if final_is_a else "base")
     with open(a.out, "w", encoding="utf-8") as f:
         f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in out)
-    formats.write_json(a.key, key)
+    with open(a.key, "w", encoding="utf-8") as f:
+        json.dump(key, f)
     print(f"{a.out}: {len(out)} items to label (A, B or tie); key in {a.key}")
 
 
 def unblind(a):
-    key, samples = formats.load_json(a.key), formats.load_json(paths.EVAL_SAMPLES)
+    key, samples = json.load(open(a.key, encoding="utf-8")), formats.load_json(paths.EVAL_SAMPLES)
     rows = []
     for where, r in formats.read_jsonl(a.labelled):
         if r["label"] not in FLIP:
@@ -77,10 +78,10 @@ def compare(a):
     h = [int((hand == c).sum()) for c in classes]
     j = [int((judge == c).sum()) for c in classes]
     print(f"| {len(pairs)} | {h[0]} / {h[1]} / {h[2]} | {j[0]} / {j[1]} / {j[2]} | "
-          f"{(hand == judge).mean():.3f} [{agree[0]:.3f}, {agree[1]:.3f}] | {kappa(hand, judge):.3f} [{k[0]:.3f}, {k[1]:.3f}] |")
+          f"{(hand == judge).mean():.3f} [{agree['lo']:.3f}, {agree['hi']:.3f}] | {kappa(hand, judge):.3f} [{k['lo']:.3f}, {k['hi']:.3f}] |")
     win = interval(lambda i: (hand[i.astype(int)] == "win").mean() - (hand[i.astype(int)] == "loss").mean(), [idx], 2000, 0)
     print(f"\nhand-labelled final-minus-base preference: {(hand == 'win').mean() - (hand == 'loss').mean():+.3f} "
-          f"[{win[0]:+.3f}, {win[1]:+.3f}]")
+          f"[{win['lo']:+.3f}, {win['hi']:+.3f}]")
 
 
 def main():

@@ -85,9 +85,9 @@ def test_accuracy_counts():
 
 def test_bootstrap_known_answers():
     a = np.random.default_rng(1).normal(size=50)
-    assert interval(lambda x, y: (y - x).mean(), [a, a + 0.3], 1000, 0) == [0.3, 0.3]  # a constant delta
-    assert interval(lambda x: x.mean(), [[1.0] * 20], 1000, 0) == [1.0, 1.0]
-    lo, hi = interval(lambda x: x.mean(), [a], 2000, 0)
+    assert interval(lambda x, y: (y - x).mean(), [a, a + 0.3], 1000, 0) == {"lo": 0.3, "hi": 0.3}  # a constant delta
+    assert interval(lambda x: x.mean(), [[1.0] * 20], 1000, 0) == {"lo": 1.0, "hi": 1.0}
+    lo, hi = interval(lambda x: x.mean(), [a], 2000, 0).values()
     se = a.std() / np.sqrt(len(a))
     assert lo < a.mean() < hi and abs((hi - lo) - 2 * 1.96 * se) < 0.25 * (hi - lo)  # near the normal interval
     assert interval(lambda x: x.mean(), [a], 1000, 3) == interval(lambda x: x.mean(), [a], 1000, 3)  # seeded
@@ -98,8 +98,8 @@ def test_bootstrap_known_answers():
 def test_ifeval_delta_of_identical_models_is_zero():
     rows = [[True], [False], [True, True], [False, True]]
     d = ifeval.accuracy_delta(rows, rows, 1000, 0)
-    assert d["prompt_level_delta"] == 0 and d["prompt_level_delta_ci"] == [0.0, 0.0]
-    assert d["instruction_level_delta_ci"] == [0.0, 0.0]
+    assert d["prompt_level_delta"] == 0 and d["prompt_level_delta_ci"] == {"lo": 0.0, "hi": 0.0}
+    assert d["instruction_level_delta_ci"] == {"lo": 0.0, "hi": 0.0}
 
 
 @pytest.mark.parametrize("n", [2, 3, 7, 60, 61])
@@ -118,7 +118,7 @@ def test_gap_and_nll_delta():
     assert items == [2.0, 0.5]
     d = nll.nll_delta(own, [[0.5, 0.5], [1.0]], 1000, 0)
     assert d["nll_delta"] == round((2.0 - 4.0) / 3, 4)
-    assert d["nll_delta_ci"][0] <= d["nll_delta"] <= d["nll_delta_ci"][1]
+    assert d["nll_delta_ci"]["lo"] <= d["nll_delta"] <= d["nll_delta_ci"]["hi"]
 
 
 def test_selections_keep_as_many_as_the_threshold():

@@ -87,14 +87,13 @@ def test_every_output_has_its_schema_and_counts(workspace):
     assert ev["nll_delta"] == pytest.approx(ev["final"]["nll"] - ev["base"]["nll"], abs=1e-3)
     # every comparison carries its interval; seed-only is absent where M0 is not trained (rater: a reference)
     for name in ("nll_delta", "gap_delta", "win_rate"):
-        lo, hi = ev[f"{name}_ci"]
-        assert lo <= ev[name] <= hi, name
+        assert ev[f"{name}_ci"]["lo"] <= ev[name] <= ev[f"{name}_ci"]["hi"], name
     assert ev["gap_delta"] == pytest.approx(ev["final"]["gap"] - ev["base"]["gap"], abs=1e-3)
     ifeval = ev["ifeval"]
     assert ifeval["prompts"] == 6 and set(ifeval) >= {"base", "final", "final_vs_base"} and "seed" not in ifeval
     for name in ("base", "final"):
         acc = ifeval[name]["prompt_level_accuracy"]
-        assert 0 <= acc <= 1 and ifeval[name]["prompt_level_accuracy_ci"][0] <= acc
+        assert 0 <= acc <= 1 and ifeval[name]["prompt_level_accuracy_ci"]["lo"] <= acc
     answers = load(ws, "data/ifeval_answers.json")
     assert len(answers) == 6 and all(isinstance(a["final"]["answer"], str) for a in answers)
     by_type = load(ws, "plots/ifeval_by_type.json")

@@ -1,4 +1,4 @@
-"""Percentile bootstrap intervals over items, seeded: every interval in the metrics is one of these.
+"""Percentile bootstrap intervals over items, seeded: every interval in the metrics (`<name>_ci`) is one of these.
 
 A paired interval resamples the same items for both sides of a comparison, so what the two models have
 in common (an easy item, a hard one) cancels out of the delta."""
@@ -10,8 +10,8 @@ import numpy as np
 LEVEL = 0.95
 
 
-def interval(stat, columns: list, resamples: int, seed: int, level: float = LEVEL) -> list[float]:
-    """[lo, hi] of `stat(*columns)` (numpy arrays, one entry per item) over `resamples` resamples of the
+def interval(stat, columns: list, resamples: int, seed: int, level: float = LEVEL) -> dict:
+    """{"lo": ..., "hi": ...}: the interval of `stat(*columns)` (numpy arrays, one entry per item) over `resamples` resamples of the
     items with replacement, rounded to 4 dp. `resamples` must be at least 1000 (the issue's floor: fewer
     makes the 2.5% tails rest on under 25 draws)."""
     if resamples < 1000:
@@ -23,6 +23,7 @@ def interval(stat, columns: list, resamples: int, seed: int, level: float = LEVE
     idx = np.random.default_rng(seed).integers(0, n, size=(resamples, n))
     stats = np.array([stat(*(c[row] for c in cols)) for row in idx])
     lo, hi = np.quantile(stats, [(1 - level) / 2, (1 + level) / 2])
-    return [round(float(lo), 4), round(float(hi), 4)]
+    # An object, not a [lo, hi] list: DVC's metrics commands show nested numbers and drop lists.
+    return {"lo": round(float(lo), 4), "hi": round(float(hi), 4)}
 
 
