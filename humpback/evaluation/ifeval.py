@@ -112,10 +112,12 @@ def report(records: list[dict], followed: dict[str, list[list[bool]]], resamples
     for other in ("base", "seed"):
         if other in followed and "final" in followed:
             metrics[f"final_vs_{other}"] = accuracy_delta(followed[other], followed["final"], resamples, seed)
-    types = sorted(next(iter(per_model.values()))["by_type"])
-    rows = [{"type": t, "n": per_model[next(iter(per_model))]["by_type"][t]["n"],
-             **{f"{name}{k[len('accuracy'):]}": v for name, acc in per_model.items()
-                for k, v in acc["by_type"][t].items() if k != "n"}} for t in types]
+    rows = []
+    for t, first in per_model["base"]["by_type"].items():  # the same types and counts for every model
+        row = {"type": t, "n": first["n"]}
+        for name, acc in per_model.items():
+            row[name], row[f"{name}_ci"] = acc["by_type"][t]["accuracy"], acc["by_type"][t]["accuracy_ci"]
+        rows.append(row)
     return metrics, rows
 
 
