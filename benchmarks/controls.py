@@ -1,8 +1,7 @@
 """The controls table: experiments (`dvc exp run -n NAME -S ...`) side by side, with intervals.
 
-Each run's metrics come from its experiment commit (metrics/evaluate.json, metrics/curate.json); its
-per-prompt IFEval results from its data/ifeval_answers.json, read from the DVC cache by the md5 in that
-commit's dvc.lock. Besides each run's own final-minus-base deltas, it prints the paired difference of
+Each run's metrics, params and per-prompt IFEval results (data/ifeval_answers.json, a cached out) are
+read at its experiment commit with dvc.api. Besides each run's own final-minus-base deltas, it prints the paired difference of
 each run's final model from a reference run's (the same 240 prompts: a paired bootstrap over prompts),
 and the spread over training seeds of the groups given with --group:
 
@@ -17,15 +16,11 @@ import json
 import statistics
 import subprocess
 
-import yaml
+import dvc.api
 
 from humpback.evaluation.bootstrap import interval
 
 RESAMPLES, SEED = 2000, 0
-
-
-def git_show(rev: str, path: str) -> str:
-    return subprocess.run(["git", "show", f"{rev}:{path}"], capture_output=True, text=True, check=True).stdout
 
 
 def exp_rev(name: str) -> str:
@@ -38,23 +33,11 @@ def exp_rev(name: str) -> str:
     return found[0] if found else name
 
 
-def cached_out(rev: str, path: str) -> object:
-    lock = yaml.safe_load(git_show(rev, "dvc.lock"))
-    for stage in lock["stages"].values():
-        for out in stage.get("outs", []):
-            if out["path"] == path:
-                md5 = out["md5"]
-                with open(f".dvc/cache/files/md5/{md5[:2]}/{md5[2:]}", encoding="utf-8") as f:
-                    return json.load(f)
-    raise SystemExit(f"error: {rev}: dvc.lock has no out {path}")
-
-
 def load_run(name: str) -> dict:
     rev = exp_rev(name)
-    ev = json.loads(git_show(rev, "metrics/evaluate.json"))
-    cur = json.loads(git_show(rev, "metrics/curate.json"))
-    answers = cached_out(rev, "data/ifeval_answers.json")
-    params = yaml.safe_load(git_show(rev, "params.yaml"))
+    ev, cur, answers = (json.loads(dvc.api.read(p, rev=rev)) for p in
+                        ("metrics/evaluate.json", "metrics/curate.json", "data/ifeval_answers.json"))
+    params = dvc.api.params_show(rev=rev)
     return {"name": name, "rev": rev, "ev": ev, "cur": cur, "params": params,
             "final": [float(all(r["final"]["followed"])) for r in answers]}
 

@@ -6,7 +6,6 @@ Split by response: every instruction written for one response lies in the same p
 from __future__ import annotations
 
 import hashlib
-import random
 
 from .. import HumpbackError, formats
 
@@ -21,8 +20,7 @@ def pair_key(response_id: str, instruction: str) -> str:
 
 def split_responses(response_ids: list[str], seed: int = 0) -> dict[str, str]:
     """Half of the responses (seeded, from their sorted ids) are dev, the rest test."""
-    ids = sorted(response_ids)
-    random.Random(seed).shuffle(ids)
+    ids = formats.shuffled(sorted(response_ids), seed)
     return {r: "dev" if i < len(ids) // 2 else "test" for i, r in enumerate(ids)}
 
 
