@@ -102,6 +102,7 @@ class CurationParams:
     relevance_tokens: int = 96  # probe mode: response tokens that the relevance (PMI) reads
     probe_l2: float = 100.0  # probe mode: L2 penalty of the linear head
     check_pairs: str = "data/rater_check/pairs.jsonl"
+    check_backtranslated: str = "data/rater_check/backtranslated.jsonl"  # real pairs, labelled by hand: measured only
 
 
 @dataclass

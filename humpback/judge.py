@@ -137,19 +137,34 @@ def verdict_by_scores(score_base: float | None, score_final: float | None, margi
     return "win" if diff >= margin else "loss" if diff <= -margin else "tie"
 
 
-def judge_by_rater(rater, engine: Engine, instructions: list[str], base_responses: list[str],
-                   final_responses: list[str], margin: float) -> list[dict]:
-    """Judge with the fitted rubric rater (`curation.rater.Rater`): each answer gets its expected score 1-5, and
-    the final model wins (loses) an item when its score is higher (lower) by at least `margin`."""
-    if not len(instructions) == len(base_responses) == len(final_responses):
-        raise ValueError("judge_by_rater needs as many base and final responses as instructions")
-    pairs = [{"instruction": i, "response": r} for i, r in zip(instructions + instructions,
-                                                               base_responses + final_responses)]
-    scores = [r["score_expected"] for r in rater.rate(engine, pairs)]
-    n = len(instructions)
+def rater_scores(rater, engine: Engine, instructions: list[str], responses: list[str]) -> list[float | None]:
+    """The fitted rubric rater's (`curation.rater.Rater`) expected score 1-5 of each answer, scored alone."""
+    if len(instructions) != len(responses):
+        raise ValueError("rater_scores needs as many responses as instructions")
+    pairs = [{"instruction": i, "response": r} for i, r in zip(instructions, responses)]
+    return [r["score_expected"] for r in rater.rate(engine, pairs)]
+
+
+def judge_by_scores(instructions: list[str], base_responses: list[str], final_responses: list[str],
+                    score_base: list[float | None], score_final: list[float | None], margin: float) -> list[dict]:
+    """The final model wins (loses) an item when its answer's score is higher (lower) by at least `margin`;
+    identical answers tie."""
+    if not len(instructions) == len(base_responses) == len(final_responses) == len(score_base) == len(score_final):
+        raise ValueError("judge_by_scores needs as many base and final responses and scores as instructions")
     return [{"instruction": ins, "base": b, "final": f, "score_base": sb, "score_final": sf,
              "verdict": "tie" if same_text(b, f) else verdict_by_scores(sb, sf, margin)}
-            for ins, b, f, sb, sf in zip(instructions, base_responses, final_responses, scores[:n], scores[n:])]
+            for ins, b, f, sb, sf in zip(instructions, base_responses, final_responses, score_base, score_final)]
+
+
+def judge_by_rater(rater, engine: Engine, instructions: list[str], base_responses: list[str],
+                   final_responses: list[str], margin: float) -> list[dict]:
+    """Judge with the fitted rubric rater: each answer gets its expected score 1-5 (`rater_scores`), then
+    `judge_by_scores`."""
+    if not len(instructions) == len(base_responses) == len(final_responses):
+        raise ValueError("judge_by_rater needs as many base and final responses as instructions")
+    scores = rater_scores(rater, engine, instructions + instructions, base_responses + final_responses)
+    n = len(instructions)
+    return judge_by_scores(instructions, base_responses, final_responses, scores[:n], scores[n:], margin)
 
 
 def judge_metrics(verdicts: list, resamples: int | None = None, seed: int = 0) -> dict:

@@ -19,10 +19,11 @@ SEED_MODEL = "models/seed"  # M0
 RATER = "models/rater"  # the fitted scoring
 RATER_CHECK_SCORED = "data/rater_check_scored.json"
 SCORE_HISTOGRAM = "plots/score_histogram.json"
-# evaluate, report
+# baselines, evaluate, report
 IFEVAL = "data/eval/ifeval.jsonl"  # verifiable instructions (humpback.evaluation.ifeval)
 IFEVAL_ANSWERS = "data/ifeval_answers.json"  # each model's answer to each, and which instructions it followed
 IFEVAL_BY_TYPE = "plots/ifeval_by_type.json"  # instruction-level accuracy per constraint type and model
+BASELINES = "data/baselines.json"  # base and seed-only measurements that evaluate compares with
 EVAL_SAMPLES = "data/eval_samples.json"
 REPORT = "reports/curation.html"
 

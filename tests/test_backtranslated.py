@@ -86,3 +86,18 @@ def test_committed_set_loads_and_splits_by_response():
     assert set(FIELDS) <= set(pairs[0])
     split = split_responses(sorted({p["response_id"] for p in pairs}))
     assert all(p["split"] == split[p["response_id"]] for p in pairs)
+
+
+def test_metrics_on_a_known_case():
+    from humpback.curation.backtranslated import backtranslated_metrics
+
+    pairs = [record(rating=r, fits=f) for r, f in [(5, True), (4, True), (2, False), (1, False)]]
+    rated = [{"score": s, "score_expected": e} for s, e in [(5, 4.6), (3, 3.2), (4, 3.9), (None, None)]]
+    m = backtranslated_metrics(pairs, rated)
+    assert m["pairs"] == 4 and m["fit"] == 2
+    assert m["kept_at_4"] == 2 and m["precision_at_4"] == 0.5 and m["recall_at_4"] == 0.5  # kept: the 5 and the 2
+    assert m["kept_at_5"] == 1 and m["precision_at_5"] == 1.0
+    assert m["auc_fit"] == 0.75  # fits: 4.6, 3.2 vs not: 3.9, 1.0 (unscored counts as 1) -> 3 of 4 orderings
+    assert m["fit_precision_at_4"] == 0.5
+    none_kept = backtranslated_metrics(pairs, [{"score": 1, "score_expected": 1.0}] * 4)
+    assert none_kept["precision_at_4"] is None and none_kept["spearman"] == 0.0

@@ -2,6 +2,7 @@
 IFEval loader's errors, the bootstrap on cases whose answer is known, and the derangement."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -138,3 +139,26 @@ def test_loader_checks_kwarg_types(tmp_path):
                                 "kwargs": [{"n": "ten"}]}) + "\n")
     with pytest.raises(HumpbackError, match=r":1: kwargs for 'words_at_most': n must be int"):
         ifeval.load_prompts(str(path))
+
+
+def test_stale_baselines_are_one_clear_line(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from humpback import paths
+    from humpback.evaluation import measure
+
+    monkeypatch.chdir(tmp_path)
+    os.makedirs("data")
+    inputs = measure.Inputs(heldout=[{}] * 3, ifeval=[{}] * 2, judged=[{}], system=None, tokenizer=None)
+    e = SimpleNamespace(judge="rater")
+    base = {"model": "base", "losses": [[1.0]] * 3, "ifeval": ["a", "b"], "judged": ["c"], "judged_scores": [3.0]}
+    seed = {"model": "seed", "ifeval": ["d", "e"]}
+    with open(paths.BASELINES, "w") as f:
+        json.dump([base, seed], f)
+    assert measure.load_baselines(inputs, e) == {"base": base, "seed": seed}
+    for stale in ({**base, "ifeval": ["a"]}, {k: v for k, v in base.items() if k != "judged_scores"}):
+        with open(paths.BASELINES, "w") as f:
+            json.dump([stale], f)
+        with pytest.raises(HumpbackError, match=r"^data/baselines.json: measured on .*run `dvc repro baselines`$"):
+            measure.load_baselines(inputs, e)
+    assert measure.load_baselines(inputs, SimpleNamespace(judge="self")) == {"base": stale}  # no scores needed

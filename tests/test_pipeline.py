@@ -34,9 +34,17 @@ def test_every_output_has_its_schema_and_counts(workspace):
     assert not {r["id"] for r in unlabelled} & {r["id"] for r in heldout}
     inv = load(ws, "metrics/inverse_sft.json")  # responses are cut by tokens: no seed example is lost
     assert inv["dropped_too_long"] == 0 and inv["train_examples"] + inv["eval_examples"] == len(seed)
-    check = load(ws, "metrics/rater_check.json")
-    assert {"spearman", "auc_high_vs_low", "auc_offtopic", "mean_by_level", "precision_at_4"} <= set(check)
+    check = load(ws, "metrics/rater_check.json")["constructed"]
+    headline = {"spearman", "auc_fit", "precision_at_4", "recall_at_4", "precision_at_5"}
+    assert headline | {"auc_high_vs_low", "mean_by_level"} <= set(check)
     assert check["pairs"] == 120 and check["offtopic_pairs"] == 24
+    real = load(ws, "metrics/rater_check.json")["backtranslated"]  # the test part of the hand-labelled pairs
+    from humpback.curation.backtranslated import load_backtranslated
+
+    test_part = [p for p in load_backtranslated(os.path.join(ws, "data/rater_check/backtranslated.jsonl"))
+                 if p["split"] == "test"]
+    assert headline <= set(real) and real["pairs"] == len(test_part) == 128
+    assert real["fit"] == sum(p["fits"] for p in test_part) and real["kept_at_5"] <= real["kept_at_4"] <= 128
 
     aug = load(ws, "data/self_augmented.json")
     assert len(aug) == 12
@@ -69,7 +77,12 @@ def test_every_output_has_its_schema_and_counts(workspace):
     for d in ("models/seed", "models/round1"):  # rater: a reference, iterations: 1
         assert os.listdir(os.path.join(ws, d)) == ["SKIPPED.md"]
     ev = load(ws, "metrics/evaluate.json")
+    (base,) = load(ws, "data/baselines.json")  # measured once, compared by evaluate; no M0 here
+    assert base["model"] == "base" and load(ws, "metrics/baselines.json")["models"] == ["base"]
+    assert [len(base[k]) for k in ("losses", "gap", "ifeval", "judged", "judged_scores")] == [8, 8, 6, 4, 4]
     samples = load(ws, "data/eval_samples.json")
+    assert [s["score_base"] for s in samples] == base["judged_scores"]
+    assert [s["base"] for s in samples] == base["judged"]
     assert ev["judged"] == len(samples) == 4
     assert ev["win_rate"] + ev["tie_rate"] + ev["loss_rate"] == pytest.approx(1)
     assert [s["instruction"] for s in samples] == [x["instruction"] for x in load(ws, "data/lima_heldout.json")[:4]]
@@ -79,7 +92,7 @@ def test_every_output_has_its_schema_and_counts(workspace):
     from humpback.models import resolve_dtype
 
     dtype = resolve_dtype("auto")  # the tiny workspace keeps the default params.yaml's model.dtype
-    for rel in ("inverse_sft", "self_augment", "rater_check", "rate", "finetune", "evaluate"):
+    for rel in ("inverse_sft", "self_augment", "rater_check", "rate", "finetune", "baselines", "evaluate"):
         assert load(ws, f"metrics/{rel}.json")["dtype"] == dtype, rel
     for d in ("models/backward", "models/final"):
         assert load(ws, f"{d}/humpback.json")["dtype"] == dtype

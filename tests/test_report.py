@@ -78,13 +78,16 @@ def test_page_escapes_text_highlights_the_threshold_and_is_deterministic():
 
 
 def test_rater_check_metrics_are_shown():
-    check = {"rater": "pkg://x/y.gguf", "scoring": "expected", "pairs": 60, "spearman": 0.4123,
-             "auc_high_vs_low": 0.7789, "auc_offtopic": 0.52, "mean_by_level": {str(k): 2 + k / 10 for k in range(1, 6)}}
+    check = {"rater": "pkg://x/y.gguf", "scoring": "expected",
+             "constructed": {"pairs": 60, "spearman": 0.4123, "auc_high_vs_low": 0.7789, "auc_fit": 0.52,
+                             "mean_by_level": {str(k): 2 + k / 10 for k in range(1, 6)}},
+             "backtranslated": {"precision_at_4": 0.25, "pairs": 128}}
     page = report.render(rated_pairs(), 4, check)
     assert "Rater check not run" not in page
     table = re.search(r'<table class="small" id="rater-check">(.*?)</table>', page, re.S).group(1)
     assert [re.sub(r"<[^>]+>", "", c) for c in re.findall(r'<td class="num">(.*?)</td>', table)] == [
-        "pkg://x/y.gguf", "expected", "60", "0.412", "0.779", "0.520"]
+        "pkg://x/y.gguf", "expected", "60", "0.412", "0.779", "0.520", "128", "0.250"]
+    assert "real backtranslated pairs: precision of keeping score 4-5" in table
     levels = re.search(r'id="mean-by-level">(.*?)</table>', page, re.S).group(1)
     assert re.findall(r'<td class="num">([\d.]+)</td>', levels) == ["2.100", "2.200", "2.300", "2.400", "2.500"]
 

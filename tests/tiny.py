@@ -10,7 +10,7 @@ import os
 # (with curation.iterations: 1, finetune_round1 reruns but writes the same "not trained" out, so rerate
 # does not; with 2, M1 changes and rerate follows).
 STAGES = ["prepare", "inverse_sft", "self_augment", "filter", "seed_sft", "rater_check", "rate", "curate_round1",
-          "finetune_round1", "rerate", "curate", "finetune", "evaluate", "report"]
+          "finetune_round1", "rerate", "curate", "finetune", "baselines", "evaluate", "report"]
 AFTER_RATE = ["curate_round1", "finetune_round1", "curate", "finetune", "evaluate", "report"]
 AFTER_RATE_ITERATED = ["curate_round1", "finetune_round1", "rerate", "curate", "finetune", "evaluate", "report"]
 

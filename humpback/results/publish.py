@@ -20,6 +20,7 @@ import yaml
 
 from .. import HumpbackError
 from ..config import load_params
+from . import report as report_page
 from .render import render
 
 PAPER = "https://arxiv.org/abs/2308.06259"
@@ -133,14 +134,6 @@ METRIC_NOTES = {
 }
 
 
-RATER_CHECK_LABELS = (
-    ("rater", "rater"), ("scoring", "scoring mode"), ("pairs", "pairs rated"),
-    ("spearman", "Spearman correlation between the score and the intended quality level"),
-    ("auc_high_vs_low", "AUC, high- vs. low-quality pairs"),
-    ("auc_offtopic", "AUC, matched vs. off-topic instructions"),
-)
-
-
 def metrics_tables(metrics: dict[str, dict]) -> list[dict]:
     """Per metrics file: its name, what it measures, and its (flattened key, value) rows."""
     return [{"name": name, "note": METRIC_NOTES.get(name), "rows": list(flatten(values))}
@@ -148,11 +141,12 @@ def metrics_tables(metrics: dict[str, dict]) -> list[dict]:
 
 
 def rater_check_rows(check: dict) -> list[tuple[str, str]]:
-    """(label, value as the card writes it) of the rater check's headline metrics."""
-    rows = [(label, json.dumps(check[k])) for k, label in RATER_CHECK_LABELS if k in check]
-    if isinstance(check.get("mean_by_level"), dict):
+    """(label, value as the card writes it) of the rater check's metrics, labelled as the report labels them."""
+    rows = [(label, json.dumps(value)) for label, value in report_page.rater_check_rows(check)]
+    levels = check.get("constructed", check).get("mean_by_level")
+    if isinstance(levels, dict):
         rows.append(("mean score by intended level", ", ".join(
-            f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in check["mean_by_level"].items())))
+            f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}" for k, v in levels.items())))
     return rows
 
 

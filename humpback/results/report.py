@@ -153,17 +153,29 @@ RATER_CHECK_LABELS = {
     "rater": "rater",
     "scoring": "scoring",
     "pairs": "pairs rated",
-    "spearman": "Spearman correlation, score vs. intended quality level",
+    "spearman": "Spearman correlation, score vs. labelled quality level",
     "auc_high_vs_low": "AUC, high-quality vs. low-quality pairs",
-    "auc_offtopic": "AUC, matched vs. off-topic instruction",
+    "auc_fit": "AUC, pairs whose instruction fits vs. pairs whose instruction does not",
+    "precision_at_4": "precision of keeping score 4-5 (pairs labelled 4-5)",
+    "recall_at_4": "recall of keeping score 4-5",
+    "precision_at_5": "precision of keeping score 5 (pairs labelled 5)",
 }
+RATER_CHECK_BLOCKS = {"constructed": "constructed set", "backtranslated": "real backtranslated pairs"}
 
 
 def rater_check_rows(check: dict) -> list[tuple[str, object]]:
-    """(label, value): the known metrics first, in their order, then the others by their key."""
-    rows = [(label, check[key]) for key, label in RATER_CHECK_LABELS.items() if key in check]
-    return rows + [(key, value) for key, value in check.items()
-                   if key not in RATER_CHECK_LABELS and key != "mean_by_level"]
+    """(label, value): the top-level keys, then each block (constructed, backtranslated) with its name; in a
+    block the known metrics first, in their order, then the others by their key."""
+    def rows(block: dict, prefix: str = "") -> list[tuple[str, object]]:
+        known = [(prefix + label, block[key]) for key, label in RATER_CHECK_LABELS.items() if key in block]
+        return known + [(prefix + key, value) for key, value in block.items()
+                        if key not in RATER_CHECK_LABELS and key != "mean_by_level" and key not in RATER_CHECK_BLOCKS]
+
+    out = rows(check)
+    for key, name in RATER_CHECK_BLOCKS.items():
+        if isinstance(check.get(key), dict):
+            out += rows(check[key], f"{name}: ")
+    return out
 
 
 def pair_view(i: int, r: dict, kept: bool) -> dict:
@@ -185,6 +197,7 @@ def render(rated: list[dict], threshold: float, rater_check: dict | None,
         histogram=histogram_chart(s["histogram"]),
         continuous=len(continuous), distribution=distribution_chart(continuous, threshold) if continuous else None,
         check=rater_check, check_is_dict=isinstance(rater_check, dict), check_path=rater_check_path,
+        levels=(rater_check.get("constructed", rater_check) if isinstance(rater_check, dict) else {}).get("mean_by_level"),
         check_rows=rater_check_rows(rater_check) if isinstance(rater_check, dict) else [],
         pairs=[pair_view(i, r, k) for i, (r, k) in enumerate(zip(rated, s["kept_flags"]))],
         fmt_threshold=fmt_threshold, fmt_metric=fmt_metric)
