@@ -22,16 +22,15 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import random
 import re
 from collections import Counter, defaultdict
 
-from humpback import paths, prompts, recipe
+from humpback import paths, recipe
 from humpback.config import load_params
 from humpback.curation.backtranslated import load_backtranslated
 from humpback.curation.check import auc
-from humpback.curation.rater import Rater
+from humpback.curation.rater import Rater, response_logprobs
 from humpback.engine import open_engine
 
 LABELLED = "data/rater_check/backtranslated.jsonl"
@@ -57,12 +56,8 @@ def nearest(responses: dict[str, str], k: int) -> dict[str, list[str]]:
 
 
 def logprobs(engine, pairs: list[tuple[str, str]], max_tokens: int, desc: str) -> list[tuple[float, int]]:
-    """(sum log p(response head | instruction), tokens) in the chat template, as the rater's relevance."""
-    tok = engine.tok
-    heads = [tok.decode(tok(r, add_special_tokens=False)["input_ids"][:max_tokens]) for _, r in pairs]
-    shared = os.path.commonprefix([prompts.chat_prompt(tok, "a"), prompts.chat_prompt(tok, "b")])
-    ps = [prompts.chat_prompt(tok, i)[len(shared):] for i, _ in pairs]
-    out = engine.continuation_logprobs(shared, ps, heads, desc=desc)
+    """(sum log p(response head | instruction), tokens), as the rater's relevance computes it."""
+    out = response_logprobs(engine, [i for i, _ in pairs], [r for _, r in pairs], max_tokens, desc)
     return [(o["logprob"], max(o["tokens"], 1)) for o in out]
 
 
@@ -126,11 +121,11 @@ def main():
     print(f"{LABELLED}: {len(pairs)} pairs, {len(by_response)} responses; dtype {base_engine.dtype}; "
           f"{args.neighbours} neighbours; bootstrap over responses, {args.resamples} resamples\n")
     rng = random.Random(0)
+    rows = defaultdict(list)  # a response's pairs: what the bootstrap draws together
+    for i, p in enumerate(pairs):
+        rows[p["response_id"]].append(i)
     for part in ("dev", "test"):
         rids = sorted({p["response_id"] for p in pairs if p["split"] == part})
-        rows = defaultdict(list)
-        for i, p in enumerate(pairs):
-            rows[p["response_id"]].append(i)
         draws = [[i for r in rng.choices(rids, k=len(rids)) for i in rows[r]] for _ in range(args.resamples)]
         full = [i for r in rids for i in rows[r]]
         for lname, label in labels.items():

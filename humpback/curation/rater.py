@@ -57,21 +57,25 @@ def content_free_logprobs(engine: Engine) -> list[float]:
     return probs.log().tolist()
 
 
+def response_logprobs(engine: Engine, instructions: list[str], responses: list[str], max_tokens: int,
+                      desc: str) -> list[dict]:
+    """log p(response | instruction) in the chat template (`logprob`, summed, and `tokens`), over the first
+    `max_tokens` tokens of each response."""
+    tok = engine.tok
+    heads = [tok.decode(tok(r, add_special_tokens=False)["input_ids"][:max_tokens]) for r in responses]
+    # The template's head (e.g. a system prompt) is the same for every prompt: computed once, shared.
+    shared = os.path.commonprefix([prompts.chat_prompt(tok, "a"), prompts.chat_prompt(tok, "b")])
+    prompts_ = [prompts.chat_prompt(tok, i)[len(shared):] for i in instructions]
+    return engine.continuation_logprobs(shared, prompts_, heads, desc=desc)
+
+
 def relevance(engine: Engine, pairs: list[dict], max_tokens: int) -> list[float]:
     """How much the instruction raises the response's likelihood: per-token PMI,
     (log p(response | instruction) - log p(response | empty instruction)) / tokens, over the first
     `max_tokens` tokens of the response. An answer to another question scores near or below 0."""
-    tok = engine.tok
-    heads = []
-    for p in pairs:
-        ids = tok(p["response"], add_special_tokens=False)["input_ids"][:max_tokens]
-        heads.append(tok.decode(ids))
-    # The template's head (e.g. a system prompt) is the same for every prompt: computed once, shared.
-    shared = os.path.commonprefix([prompts.chat_prompt(tok, "a"), prompts.chat_prompt(tok, "b")])
-    prompts_ = [prompts.chat_prompt(tok, p["instruction"])[len(shared):] for p in pairs]
-    with_instr = engine.continuation_logprobs(shared, prompts_, heads, desc="relevance")
-    empty = prompts.chat_prompt(tok, "")[len(shared):]
-    without = engine.continuation_logprobs(shared, [empty] * len(pairs), heads, desc="relevance (no instruction)")
+    responses = [p["response"] for p in pairs]
+    with_instr = response_logprobs(engine, [p["instruction"] for p in pairs], responses, max_tokens, "relevance")
+    without = response_logprobs(engine, [""] * len(pairs), responses, max_tokens, "relevance (no instruction)")
     return [(a["logprob"] - b["logprob"]) / max(a["tokens"], 1) for a, b in zip(with_instr, without)]
 
 
