@@ -48,11 +48,20 @@ def head_probs(head: dict, feats: list[dict]):
     return (z @ head["weight"] + head["bias"]).softmax(-1)
 
 
+def on_topic(item: dict) -> bool | None:
+    """Whether a dev item's instruction fits its response: its hand label `fits` (backtranslated pairs);
+    else (constructed pairs) no for an off-topic swap, yes for an answer at level 2 or more, and neither
+    for level 1."""
+    if "fits" in item:
+        return item["fits"]
+    return False if item["offtopic"] else (True if item["level"] >= 2 else None)
+
+
 def fit_gate(items: list[dict], feats: list[dict], steps: int = 200) -> dict:
-    """P(on topic) from relevance alone: a 1-D logistic regression of answers (level >= 2) against the
-    off-topic swaps. The rubric puts an answer to another question at 1, whatever its quality."""
-    on = [(f["relevance"], 1.0) for it, f in zip(items, feats) if not it["offtopic"] and it["level"] >= 2]
-    off = [(f["relevance"], 0.0) for it, f in zip(items, feats) if it["offtopic"]]
+    """P(on topic) from relevance alone: a 1-D logistic regression of the items that fit against those
+    that do not (`on_topic`). The rubric puts an answer to another question at 1, whatever its quality."""
+    on = [(f["relevance"], 1.0) for it, f in zip(items, feats) if on_topic(it)]
+    off = [(f["relevance"], 0.0) for it, f in zip(items, feats) if on_topic(it) is False]
     x = torch.tensor([r for r, _ in on + off])
     y = torch.tensor([t for _, t in on + off])
     weight = torch.where(y > 0, len(off) / len(on), 1.0)  # balance the two classes
@@ -61,8 +70,30 @@ def fit_gate(items: list[dict], feats: list[dict], steps: int = 200) -> dict:
     return {"scale": a, "bias": b}
 
 
+def fit_fits(items: list[dict], feats: list[dict], l2: float = 1.0, steps: int = 500) -> dict:
+    """The fit head: P(the instruction fits its response) from all of the rater's features, a binary
+    logistic regression of `on_topic` (L2-regularized, standardized inputs, classes balanced)."""
+    rows = [(f, on) for it, f in zip(items, feats) if (on := on_topic(it)) is not None]
+    x = _head_inputs([f for f, _ in rows])
+    y = torch.tensor([float(on) for _, on in rows])
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    z = (x - mean) / std
+    weight = torch.where(y > 0, (len(y) - y.sum()) / y.sum().clamp(min=1), 1.0)
+    w, b = _minimize(lambda w, b: torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, weight=weight)
+                     + l2 * (w ** 2).sum() / len(y), torch.zeros(z.shape[1]), torch.zeros(1), steps=steps)
+    return {"fit_mean": mean, "fit_std": std, "fit_weight": w, "fit_bias": b}
+
+
+def fits_probability(tensors: dict, feats: list[dict]):
+    """`[len(feats)]` P(fits): the fit head where the rater has one, else the relevance-only gate."""
+    if "fit_weight" in tensors:
+        z = (_head_inputs(feats) - tensors["fit_mean"]) / tensors["fit_std"]
+        return torch.sigmoid(z @ tensors["fit_weight"] + tensors["fit_bias"])
+    return torch.sigmoid(tensors["gate_scale"] * torch.tensor([f["relevance"] for f in feats]) + tensors["gate_bias"])
+
+
 def gated_probs(tensors: dict, feats: list[dict]):
-    """The head's level distribution, with the chance of being off topic moved to level 1."""
+    """The head's level distribution, with the chance that the instruction does not fit moved to level 1."""
     p = head_probs(tensors, feats)
-    on = torch.sigmoid(tensors["gate_scale"] * torch.tensor([f["relevance"] for f in feats]) + tensors["gate_bias"])[:, None]
+    on = fits_probability(tensors, feats)[:, None]
     return on * p + (1 - on) * torch.nn.functional.one_hot(torch.zeros(len(feats), dtype=torch.long), 5)

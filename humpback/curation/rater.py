@@ -179,6 +179,13 @@ def _round_tensor(t, digits: int):
     return torch.round(t.float() * 10**digits) / 10**digits
 
 
+def probe_items(backtranslated: list[dict]) -> list[dict]:
+    """Hand-labelled backtranslated pairs as probe items: the labelled rating is the level, `fits` kept."""
+    return [{"id": p["id"], "response_id": p["response_id"], "instruction": p["instruction"],
+             "response": p["response"], "level": p["rating"], "offtopic": False, "fits": p["fits"]}
+            for p in backtranslated]
+
+
 def fit_rater(engine: Engine, pairs: list[dict], scoring: str, max_new_tokens: int = 96,
               relevance_tokens: int = 96, l2: float = 10.0) -> Rater:
     """Fit what `scoring` needs on the dev part of the rater check (nothing for generate/expected)."""
