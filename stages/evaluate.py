@@ -18,6 +18,7 @@ def main():
     baselines = measure.load_baselines(inputs, e)
     from peft import PeftModel
 
+    # Unmerged: merged bf16 weights round the LoRA update (NLL +0.0015; benchmarks/bench_eval.py).
     model = PeftModel.from_pretrained(models.load_model(m.base, m.load_in_4bit, m.dtype), paths.FINAL.model)
     final = measure.conditioning(model, inputs, e, "final")
     del model

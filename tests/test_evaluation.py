@@ -162,3 +162,31 @@ def test_stale_baselines_are_one_clear_line(tmp_path, monkeypatch):
         with pytest.raises(HumpbackError, match=r"^data/baselines.json: measured on .*run `dvc repro baselines`$"):
             measure.load_baselines(inputs, e)
     assert measure.load_baselines(inputs, SimpleNamespace(judge="self")) == {"base": stale}  # no scores needed
+
+
+def test_token_losses_are_the_models_loss_on_the_response_tokens(tiny_model, tiny_tokenizer):
+    """The output layer runs on the response's positions only: each row's losses must equal the model's
+    own loss (labels masked on the prompt) over every position, and truncate as asked."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from humpback.prompts import forward_text
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model).eval()
+    pairs = [{"instruction": "Name a colour.", "response": "Blue, like the sea on a clear day."},
+             {"instruction": "Say hi.", "response": "Hi."}, {"instruction": "Count to three.", "response": "1 2 3"}]
+    got = nll.token_losses(model, tiny_tokenizer, pairs, 2, 64, "nll")
+    special = not tiny_tokenizer.chat_template
+    for p, row in zip(pairs, got):
+        prompt_text, completion_text = forward_text(p, tiny_tokenizer, None)
+        prompt = tiny_tokenizer(prompt_text, add_special_tokens=special)["input_ids"]
+        completion = tiny_tokenizer(completion_text, add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([prompt + completion])
+        labels = torch.tensor([[-100] * len(prompt) + completion])
+        with torch.no_grad():
+            loss = model(input_ids=ids, labels=labels).loss
+        assert len(row) == len(completion)
+        assert sum(row) / len(row) == pytest.approx(float(loss), abs=1e-4)
+    short = nll.token_losses(model, tiny_tokenizer, pairs, 2, 64, "nll", response_tokens=2)
+    assert [len(r) for r in short] == [2, 2, 2]
+    assert [x for r in got for x in r[:2]] == pytest.approx([x for r in short for x in r], abs=1e-4)

@@ -30,6 +30,7 @@ def token_losses(model, tokenizer, pairs: list[dict], batch_size: int, max_lengt
         examples.append((ids, labels))
     losses = []
     device = next(model.parameters()).device
+    body, head = model.get_decoder(), model.get_output_embeddings()
     for i in tqdm(range(0, len(examples), batch_size), desc=desc, unit="batch"):
         batch = examples[i : i + batch_size]
         width = max(len(ids) for ids, _ in batch)
@@ -39,11 +40,14 @@ def token_losses(model, tokenizer, pairs: list[dict], batch_size: int, max_lengt
         mask = torch.tensor([[1] * len(ids) + [0] * (width - len(ids)) for ids, _ in batch], device=device)
         work.add(forward=sum(len(ids) for ids, _ in batch), forward_padded=len(batch) * width)
         with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1].float()
-        target = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
-        for row, keep in zip(nll.tolist(), (target != -100).tolist()):
-            losses.append([x for x, k in zip(row, keep) if k])
+            hidden = body(input_ids=input_ids, attention_mask=mask).last_hidden_state[:, :-1]
+            target = labels[:, 1:]
+            # Only the response's positions go through the 49k-wide output layer, one row at a time: the
+            # whole batch's float logits would be half a GiB, written and read once (benchmarks/RESULTS.md).
+            for row, tgt in zip(hidden, target):
+                keep = tgt != -100
+                nll = torch.nn.functional.cross_entropy(head(row[keep]).float(), tgt[keep], reduction="none")
+                losses.append(nll.tolist())
     return losses
 
 
