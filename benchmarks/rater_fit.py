@@ -1,10 +1,12 @@
 """What the probe should be fit on: the constructed rater set's dev part alone (as before), or with the
-hand-labelled backtranslated pairs' dev part (data/rater_check/backtranslated.jsonl), and whether a fit
+hand-labelled backtranslated pairs' dev part (data/rater_check/backtranslated.jsonl); whether a fit
 head (a logistic regression of `fits` on all of the rater's features) should replace the relevance-only
-gate. Every variant is fit on dev parts only, its L2 chosen by grouped cross-validation there (folds hold
-out whole instructions and whole responses), and measured on both test parts as rater_check measures
-them, with 95% intervals over the backtranslated test responses (bootstrap, paired against the first
-variant):
+gate; and how its level distribution becomes the integer rating: the most likely level (as before), or
+cut points on the expected score fit on the backtranslated dev part (probe.fit_cuts, from out-of-fold
+scores). Every variant is fit on dev parts only, its L2 chosen by grouped cross-validation there (folds
+hold out whole instructions and whole responses), and measured on both test parts as rater_check
+measures them, with 95% intervals over the backtranslated test responses (bootstrap, paired against the
+first variant):
 
     python benchmarks/rater_fit.py [--resamples 1000]
 
@@ -23,20 +25,48 @@ import torch
 
 from humpback import recipe
 from humpback.config import load_params
-from humpback.curation.backtranslated import backtranslated_metrics, load_backtranslated
-from humpback.curation.check import load_rater_check, rater_check_items, rater_check_metrics, rating_metrics
-from humpback.curation.probe import expected, fit_fits, fit_gate, fit_head, gated_probs
+from humpback.curation.backtranslated import load_backtranslated
+from humpback.curation.check import (backtranslated_metrics, load_rater_check, rater_check_items, rater_check_metrics,
+                                     rating_metrics)
+from humpback.curation.probe import (_head_inputs, _minimize, expected, fit_cuts, fit_gate, fit_head, gated_probs,
+                                     head_probs, on_topic, rating)
 from humpback.curation.rater import probe_items, rater_features
 from humpback.engine import open_engine
 from humpback.stage import cpu_model
 
 L2_GRID = (10.0, 30.0, 100.0, 300.0, 1000.0)
-VARIANTS = {  # name: (dev parts the head and gate fit on, gate)
-    "constructed dev, relevance gate (before)": (("constructed",), "relevance"),
-    "both dev parts, relevance gate": (("constructed", "backtranslated"), "relevance"),
-    "both dev parts, fit head": (("constructed", "backtranslated"), "fit"),
-    "backtranslated dev, fit head": (("backtranslated",), "fit"),
+VARIANTS = {  # name: (dev parts the head and gate fit on, gate, integer rating)
+    "constructed dev, relevance gate, most likely level (before)": (("constructed",), "relevance", "argmax"),
+    "both dev parts, relevance gate, most likely level": (("constructed", "backtranslated"), "relevance", "argmax"),
+    "both dev parts, relevance gate, cut points": (("constructed", "backtranslated"), "relevance", "cuts"),
+    "both dev parts, relevance gate, cut points in sample": (("constructed", "backtranslated"), "relevance", "in-sample"),
+    "both dev parts, fit head, most likely level": (("constructed", "backtranslated"), "fit", "argmax"),
+    "both dev parts, fit head, cut points": (("constructed", "backtranslated"), "fit", "cuts"),
 }
+
+
+def fit_fits(items, feats, l2, steps=500):
+    """A fit head: P(the instruction fits) from all of the rater's features, a binary logistic regression of
+    `on_topic` (L2, standardized inputs, classes balanced). Measured here; not in the pipeline."""
+    rows = [(f, on) for it, f in zip(items, feats) if (on := on_topic(it)) is not None]
+    x = _head_inputs([f for f, _ in rows])
+    y = torch.tensor([float(on) for _, on in rows])
+    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
+    weight = torch.where(y > 0, (len(y) - y.sum()) / y.sum().clamp(min=1), 1.0)
+    w, b = _minimize(lambda w, b: torch.nn.functional.binary_cross_entropy_with_logits(
+        ((x - mean) / std) @ w + b, y, weight=weight) + l2 * (w ** 2).sum() / len(y),
+        torch.zeros(x.shape[1]), torch.zeros(1), steps=steps)
+    return {"fit_mean": mean, "fit_std": std, "fit_weight": w, "fit_bias": b}
+
+
+def probs_of(tensors, feats):
+    """The level distribution, the chance of not fitting moved to level 1 (by the fit head where fit)."""
+    if "fit_weight" not in tensors:
+        return gated_probs(tensors, feats)
+    z = (_head_inputs(feats) - tensors["fit_mean"]) / tensors["fit_std"]
+    on = torch.sigmoid(z @ tensors["fit_weight"] + tensors["fit_bias"])[:, None]
+    return on * head_probs(tensors, feats) + (1 - on) * torch.nn.functional.one_hot(
+        torch.zeros(len(feats), dtype=torch.long), 5)
 
 
 def group(it: dict) -> str:
@@ -61,14 +91,26 @@ def cv_loss(items, feats, l2, gate, folds=4):
         tr = [i for i, it in enumerate(items) if group(it) not in held]
         te = [i for i, it in enumerate(items) if group(it) in held]
         t = fit([items[i] for i in tr], [feats[i] for i in tr], l2, gate)
-        p = gated_probs(t, [feats[i] for i in te]).clamp(min=1e-6)
+        p = probs_of(t, [feats[i] for i in te]).clamp(min=1e-6)
         y = torch.tensor([1 if items[i]["offtopic"] else items[i]["level"] for i in te]) - 1
         total += -p.log()[torch.arange(len(te)), y].sum().item()
     return total / len(items)
 
 
-def rated(probs) -> list[dict]:
-    return [{"score": 1 + int(p.argmax()), "score_expected": float(expected(p))} for p in probs]
+def out_of_fold(items, feats, l2, gate, scored, folds=4):
+    """Expected scores of items[scored], each from a fit without its own response's items."""
+    groups, out = sorted({items[i]["response_id"] for i in scored}), {}
+    for k in range(folds):
+        held = set(groups[k::folds])
+        tr = [i for i, it in enumerate(items) if it.get("response_id") not in held]
+        te = [i for i in scored if items[i]["response_id"] in held]
+        t = fit([items[i] for i in tr], [feats[i] for i in tr], l2, gate)
+        out.update(zip(te, expected(probs_of(t, [feats[i] for i in te])).tolist()))
+    return [out[i] for i in scored]
+
+
+def rated(tensors, probs) -> list[dict]:
+    return [{"score": s, "score_expected": float(e)} for s, e in zip(rating(tensors, probs), expected(probs))]
 
 
 def bootstrap(bt, scores_a, scores_b, metric, resamples, seed=0):
@@ -110,15 +152,24 @@ def main():
           f"items; test: {len(rows['constructed', 'test'])} + {len(bt_test)}\n")
 
     results = {}
-    for name, (parts, gate) in VARIANTS.items():
+    cv = {}
+    for name, (parts, gate, rule) in VARIANTS.items():
         items = [it for p in parts for it in rows[p, "dev"]]
         fs = [f for p in parts for f in feats[p, "dev"]]
-        losses = {l2: cv_loss(items, fs, l2, gate) for l2 in L2_GRID}
+        if (parts, gate) not in cv:
+            cv[parts, gate] = {l2: cv_loss(items, fs, l2, gate) for l2 in L2_GRID}
+        losses = cv[parts, gate]
         l2 = min(losses, key=losses.get)
         t = fit(items, fs, l2, gate)
+        if rule == "cuts":
+            real = list(range(len(items) - len(rows["backtranslated", "dev"]), len(items)))
+            t["cuts"] = fit_cuts(out_of_fold(items, fs, l2, gate, real), [items[i]["level"] for i in real])
+        if rule == "in-sample":  # the final fit's own scores of the backtranslated dev pairs
+            real = list(range(len(items) - len(rows["backtranslated", "dev"]), len(items)))
+            t["cuts"] = fit_cuts(expected(probs_of(t, [fs[i] for i in real])).tolist(), [items[i]["level"] for i in real])
         con_items = rows["constructed", "test"]
-        con = rated(gated_probs(t, feats["constructed", "test"]))
-        bt = rated(gated_probs(t, feats["backtranslated", "test"]))
+        con = rated(t, probs_of(t, feats["constructed", "test"]))
+        bt = rated(t, probs_of(t, feats["backtranslated", "test"]))
         cm = {**rater_check_metrics(con_items, [r["score_expected"] for r in con]), **rating_metrics(con_items, con)}
         cm["precision_at_5"] = rating_metrics(con_items, con, 5)["precision_at_5"]
         results[name] = (bt, cm, backtranslated_metrics(bt_test, bt), l2, losses)

@@ -196,6 +196,7 @@ class Smoke:
     def step_probe(self) -> str:
         import dataclasses
 
+        from humpback.curation.backtranslated import load_backtranslated
         from humpback.curation.check import load_rater_check
         from humpback.curation.rater import Rater, check_rater
         from humpback.engine import open_engine
@@ -206,10 +207,13 @@ class Smoke:
         # an eighth of the rater check: the five levels of every eighth instruction, in each part
         ids = sorted({p["instruction_id"] for p in pairs})[::8]
         pairs = [p for p in pairs if p["instruction_id"] in ids]
+        real = load_backtranslated(os.path.join(ROOT, c.check_backtranslated))
+        real = [p for p in real if p["response_id"] in sorted({q["response_id"] for q in real})[::8]]
         engine = open_engine(model, params.model, c.batch_size, chat=True)
         where = self.check_device(engine.model, "the rater's model")
         c = dataclasses.replace(c, scoring="probe", relevance_tokens=32)
-        rater, rated, metrics = check_rater(engine, pairs, c)
+        rater, rated, checked = check_rater(engine, pairs, real, c)
+        metrics = checked["constructed"]
         self._check_ratings(rated, metrics["pairs"] + metrics["offtopic_pairs"])
         saved = os.path.join(self.work, "rater")
         rater.save(saved)
@@ -219,7 +223,7 @@ class Smoke:
         del engine
         self._free()
         return (f"fit on {rater.fit['dev_pairs']} dev pairs, {len(rated)} test pairs rated, "
-                f"spearman {metrics['spearman']}, auc_offtopic {metrics['auc_offtopic']}, on {where}")
+                f"spearman {metrics['spearman']}, auc_fit {metrics['auc_fit']}, on {where}")
 
     def step_4bit(self) -> str:
         import torch

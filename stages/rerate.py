@@ -6,6 +6,7 @@ import shutil
 
 from humpback import formats, paths
 from humpback.config import load_params
+from humpback.curation.backtranslated import load_backtranslated
 from humpback.curation.check import load_rater_check
 from humpback.curation.rater import check_rater
 from humpback.curation.select import rate_metrics
@@ -26,7 +27,8 @@ def main():
         return
     engine = open_engine(params.model.base, params.model, c.batch_size, adapter=round1.model, chat=True,
                          engine=params.launch.engine)
-    rater, _, check = check_rater(engine, load_rater_check(c.check_pairs), c)
+    rater, _, check = check_rater(engine, load_rater_check(c.check_pairs),
+                                load_backtranslated(c.check_backtranslated), c)
     rated = rater.rate(engine, formats.load_json(paths.FILTERED))
     if not is_main_process():  # under `accelerate launch`: the main process writes the outs
         return

@@ -89,7 +89,7 @@ def test_committed_set_loads_and_splits_by_response():
 
 
 def test_metrics_on_a_known_case():
-    from humpback.curation.backtranslated import backtranslated_metrics
+    from humpback.curation.check import backtranslated_metrics
 
     pairs = [record(rating=r, fits=f) for r, f in [(5, True), (4, True), (2, False), (1, False)]]
     rated = [{"score": s, "score_expected": e} for s, e in [(5, 4.6), (3, 3.2), (4, 3.9), (None, None)]]

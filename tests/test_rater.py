@@ -7,17 +7,31 @@ import pytest
 
 from humpback import HumpbackError
 
+import torch
+
+from humpback.curation.backtranslated import load_backtranslated
 from humpback.curation.check import load_rater_check, rater_check_items, rater_check_metrics, rating_metrics
-from humpback.curation.probe import expected, fit_head, head_probs
+from humpback.curation.probe import expected, fit_cuts, fit_head, head_probs, rating
 from humpback.curation.rater import Rater, SCORINGS, fit_rater, rater_features
 from humpback.engine import Engine
 
 PAIRS = "data/rater_check/pairs.jsonl"
+BACKTRANSLATED = "data/rater_check/backtranslated.jsonl"
 
 
 @pytest.fixture(scope="module")
 def check_pairs(repo_root):
     return load_rater_check(os.path.join(repo_root, PAIRS))
+
+
+@pytest.fixture(scope="module")
+def real_pairs(repo_root):
+    """The pairs of six backtranslated responses of each part (short instructions and responses kept)."""
+    pairs = load_backtranslated(os.path.join(repo_root, BACKTRANSLATED))
+    keep = set()
+    for part in ("dev", "test"):
+        keep |= set(sorted({p["response_id"] for p in pairs if p["split"] == part})[:6])
+    return [{**p, "response": p["response"][:400]} for p in pairs if p["response_id"] in keep]
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +66,9 @@ def test_the_shipped_set_is_balanced_and_split_by_instruction(check_pairs):
 
 
 @pytest.mark.parametrize("scoring", SCORINGS)
-def test_every_scoring_gives_a_rubric_rating(engine, check_pairs, scoring, tmp_path):
+def test_every_scoring_gives_a_rubric_rating(engine, check_pairs, real_pairs, scoring, tmp_path):
     pairs = small(check_pairs)
-    rater = fit_rater(engine, pairs, scoring, max_new_tokens=6, relevance_tokens=16, l2=1.0)
+    rater = fit_rater(engine, pairs, scoring, max_new_tokens=6, relevance_tokens=16, l2=1.0, backtranslated=real_pairs)
     rater.save(str(tmp_path / "rater"))
     loaded = Rater.load(str(tmp_path / "rater"))
     items = rater_check_items(pairs, "test")
@@ -67,7 +81,11 @@ def test_every_scoring_gives_a_rubric_rating(engine, check_pairs, scoring, tmp_p
         assert r["score"] in (1, 2, 3, 4, 5) and isinstance(r["score"], int)
         assert 1 <= r["score_expected"] <= 5
         assert len(r["probabilities"]) == 5 and sum(r["probabilities"]) == pytest.approx(1, abs=0.01)
-        assert r["probabilities"][r["score"] - 1] == max(r["probabilities"])  # the most likely level
+    if scoring != "generate":  # the rating is the cut points' on the expected score: monotone in it
+        assert loaded.tensors["cuts"].shape == (4,) and loaded.fit["backtranslated_dev_pairs"] > 0
+        by_expected = sorted(rated, key=lambda r: r["score_expected"])
+        assert all(a["score"] <= b["score"] for a, b in zip(by_expected, by_expected[1:])
+                   if a["score_expected"] < b["score_expected"])
     if scoring == "probe":
         assert all("relevance" in r for r in rated)
         assert {"mean", "std", "weight", "bias", "gate_scale", "gate_bias"} <= set(loaded.tensors)
@@ -90,6 +108,21 @@ def test_the_probe_learns_levels_it_is_shown(engine, check_pairs):
     assert fitted["spearman"] > 0.8
     shuffled = fit_head(items, feats[1:] + feats[:1], l2=0.01)  # labels no longer match
     assert head_probs(shuffled, feats).argmax(-1).tolist() != head_probs(head, feats).argmax(-1).tolist()
+
+
+def test_cut_points_rate_as_many_pairs_at_each_level_as_are_labelled_there():
+    scores = [4.1, 3.9, 3.2, 3.0, 2.5, 2.4, 1.9, 1.2]
+    levels = [5, 2, 4, 4, 3, 1, 1, 1]  # three at 4 or more, wherever they lie
+    cuts = fit_cuts(scores, levels)
+    rated = 1 + (torch.tensor(scores)[:, None] >= cuts).sum(-1)
+    for level in (2, 3, 4, 5):
+        assert int((rated >= level).sum()) == sum(lv >= level for lv in levels)
+    assert cuts.tolist() == pytest.approx([(2.5 + 2.4) / 2, (3.0 + 2.5) / 2, (3.2 + 3.0) / 2, (4.1 + 3.9) / 2])
+    assert float(fit_cuts(scores, [1] * 8)[3]) > max(scores)  # no pair at 5: nothing rates 5
+    # a rating from a distribution: by the cuts where the rater has them, else its most likely level
+    probs = torch.tensor([[0.0, 0.0, 0.6, 0.0, 0.4], [0.5, 0.5, 0.0, 0.0, 0.0]])  # expected 3.8 and 1.5
+    assert rating({"cuts": torch.tensor([1.4, 2.0, 3.5, 3.9])}, probs) == [4, 2]
+    assert rating({}, probs) == [3, 1]
 
 
 def test_metrics_on_known_scores():

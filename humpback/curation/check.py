@@ -1,5 +1,6 @@
-"""The rater check: a labelled set of (instruction, response, rubric level) that measures the rater
-every run. Its dev part fits the scoring mode, its test part measures it."""
+"""The rater check: labelled sets that measure the rater every run, constructed (instruction, response,
+rubric level) and real backtranslated pairs (backtranslated.py). Their dev parts fit the scoring mode,
+their test parts measure it."""
 
 from __future__ import annotations
 
@@ -82,3 +83,27 @@ def rating_metrics(items: list[dict], rated: list[dict], threshold: int = 4) -> 
         f"recall_at_{threshold}": round(tp / sum(good), 3) if sum(good) else None,
         "rating_histogram": {str(lv): sum(g == lv for g in got) for lv in range(1, 6)},
     }
+
+
+def backtranslated_metrics(pairs: list[dict], rated: list[dict]) -> dict:
+    """The rater on labelled backtranslated pairs: spearman of its expected score with the labelled rating,
+    `auc_fit` (the chance that a pair that fits outscores one that does not), and the precision and recall
+    of keeping `score >= 4` (and the precision at 5) against the pairs labelled at or above that level.
+    A pair without a score counts as rated 1."""
+    expected = [1.0 if r["score_expected"] is None else r["score_expected"] for r in rated]
+    score = [r["score"] or 1 for r in rated]
+    out = {"pairs": len(pairs), "fit": sum(p["fits"] for p in pairs),
+           "spearman": round(spearman(expected, [p["rating"] for p in pairs]), 3),
+           "auc_fit": round(auc([x for x, p in zip(expected, pairs) if p["fits"]],
+                                [x for x, p in zip(expected, pairs) if not p["fits"]]), 3)}
+    for t in (4, 5):
+        kept = [s >= t for s in score]
+        good = [p["rating"] >= t for p in pairs]
+        hits = sum(k and g for k, g in zip(kept, good))
+        out[f"kept_at_{t}"] = sum(kept)
+        out[f"precision_at_{t}"] = round(hits / sum(kept), 3) if sum(kept) else None
+        out[f"fit_precision_at_{t}"] = round(sum(k and p["fits"] for k, p in zip(kept, pairs)) / sum(kept), 3) \
+            if sum(kept) else None
+        if t == 4:
+            out["recall_at_4"] = round(hits / sum(good), 3) if sum(good) else None
+    return out

@@ -1,6 +1,7 @@
 """The probe: a linear head on the rater's hidden state after `Score:` maps it to the five rubric
 levels, and a gate on relevance moves off-topic pairs to level 1. Both are fit by L-BFGS on the dev
-part of the rater check."""
+parts of the rater check (constructed and backtranslated); cut points on the expected score, fit on the
+backtranslated dev part, make it an integer rating."""
 
 from __future__ import annotations
 
@@ -70,30 +71,33 @@ def fit_gate(items: list[dict], feats: list[dict], steps: int = 200) -> dict:
     return {"scale": a, "bias": b}
 
 
-def fit_fits(items: list[dict], feats: list[dict], l2: float = 1.0, steps: int = 500) -> dict:
-    """The fit head: P(the instruction fits its response) from all of the rater's features, a binary
-    logistic regression of `on_topic` (L2-regularized, standardized inputs, classes balanced)."""
-    rows = [(f, on) for it, f in zip(items, feats) if (on := on_topic(it)) is not None]
-    x = _head_inputs([f for f, _ in rows])
-    y = torch.tensor([float(on) for _, on in rows])
-    mean, std = x.mean(0), x.std(0).clamp(min=1e-6)
-    z = (x - mean) / std
-    weight = torch.where(y > 0, (len(y) - y.sum()) / y.sum().clamp(min=1), 1.0)
-    w, b = _minimize(lambda w, b: torch.nn.functional.binary_cross_entropy_with_logits(z @ w + b, y, weight=weight)
-                     + l2 * (w ** 2).sum() / len(y), torch.zeros(z.shape[1]), torch.zeros(1), steps=steps)
-    return {"fit_mean": mean, "fit_std": std, "fit_weight": w, "fit_bias": b}
+def fit_probe(items: list[dict], feats: list[dict], l2: float) -> dict:
+    """The rubric head and the relevance gate, fit on the same items."""
+    return {**fit_head(items, feats, l2=l2), **{f"gate_{k}": v for k, v in fit_gate(items, feats).items()}}
 
 
-def fits_probability(tensors: dict, feats: list[dict]):
-    """`[len(feats)]` P(fits): the fit head where the rater has one, else the relevance-only gate."""
-    if "fit_weight" in tensors:
-        z = (_head_inputs(feats) - tensors["fit_mean"]) / tensors["fit_std"]
-        return torch.sigmoid(z @ tensors["fit_weight"] + tensors["fit_bias"])
-    return torch.sigmoid(tensors["gate_scale"] * torch.tensor([f["relevance"] for f in feats]) + tensors["gate_bias"])
+def fit_cuts(scores: list[float], levels: list[int]) -> torch.Tensor:
+    """Cut points on the expected score for levels 2-5: as many of these pairs rate at or above each level
+    as are labelled there, each cut midway between the last pair in and the first one out. The head's most
+    likely level is no rating on real pairs: most of them are poor, so it is seldom 4 (docs/labelling.md)."""
+    ranked = sorted(scores, reverse=True)
+    cuts = []
+    for level in (2, 3, 4, 5):
+        n = sum(lv >= level for lv in levels)
+        cuts.append(ranked[0] + 1.0 if n == 0 else ranked[-1] if n == len(ranked) else (ranked[n - 1] + ranked[n]) / 2)
+    return torch.tensor(cuts)
+
+
+def rating(tensors: dict, probs) -> list[int]:
+    """The integer rating 1-5 of each `[5]` level distribution: by the cut points on its expected score where
+    the rater has them, else its most likely level (ties: the lower)."""
+    if "cuts" in tensors:
+        return (1 + (expected(probs)[:, None] >= tensors["cuts"]).sum(-1)).tolist()
+    return [1 + max(range(5), key=lambda k: (float(p[k]), -k)) for p in probs]
 
 
 def gated_probs(tensors: dict, feats: list[dict]):
     """The head's level distribution, with the chance that the instruction does not fit moved to level 1."""
     p = head_probs(tensors, feats)
-    on = fits_probability(tensors, feats)[:, None]
+    on = torch.sigmoid(tensors["gate_scale"] * torch.tensor([f["relevance"] for f in feats]) + tensors["gate_bias"])[:, None]
     return on * p + (1 - on) * torch.nn.functional.one_hot(torch.zeros(len(feats), dtype=torch.long), 5)

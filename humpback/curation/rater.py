@@ -12,8 +12,8 @@ import torch
 
 from .. import HumpbackError, formats, prompts
 from ..engine import Decoding, Engine
-from .check import rater_check_items, rater_check_metrics, rating_metrics
-from .probe import fit_gate, fit_head, gated_probs
+from .check import backtranslated_metrics, rater_check_items, rater_check_metrics, rating_metrics
+from .probe import expected, fit_cuts, fit_probe, gated_probs, rating
 
 SCORE_LEAD = "Score:"
 SCORE_DIGITS = "12345"
@@ -104,8 +104,9 @@ class Rater:
     - `calibrated`: that distribution divided by the one it gives content-free pairs (Zhao et al. 2021).
     - `probe`: a linear head on the rater's hidden state after `Score:` maps it to the five levels, and
       the response's relevance to the instruction (per-token PMI) moves off-topic pairs to 1.
-    Distribution modes rate a pair by its most likely level (`score`, the integer the threshold compares,
-    like the paper's rating) and keep the probability-weighted mean (`score_expected`) for ranking.
+    Distribution modes keep the probability-weighted mean (`score_expected`) for ranking, and rate a pair
+    (`score`, the integer 1-5 the threshold compares, like the paper's rating) by cut points on it, fit on
+    the backtranslated dev pairs (probe.fit_cuts); a rater fit without them, by its most likely level.
     """
 
     scoring: str
@@ -161,10 +162,9 @@ class Rater:
             return rated
         probs, rel = self.probabilities(engine, pairs)
         rated = []
-        for i, (p, dist) in enumerate(zip(pairs, probs.tolist())):
+        for i, (p, dist, score) in enumerate(zip(pairs, probs.tolist(), rating(self.tensors, probs))):
             dist = [round(q, 3) for q in dist]
-            record = {**p, "score": 1 + max(range(5), key=lambda k: (dist[k], -k)),  # ties: the lower level
-                      "score_expected": round(sum((k + 1) * q for k, q in enumerate(dist)), 2),
+            record = {**p, "score": score, "score_expected": round(sum((k + 1) * q for k, q in enumerate(dist)), 2),
                       "probabilities": dist}
             if rel is not None:
                 record["relevance"] = round(rel[i], 3)
@@ -187,31 +187,45 @@ def probe_items(backtranslated: list[dict]) -> list[dict]:
 
 
 def fit_rater(engine: Engine, pairs: list[dict], scoring: str, max_new_tokens: int = 96,
-              relevance_tokens: int = 96, l2: float = 10.0) -> Rater:
-    """Fit what `scoring` needs on the dev part of the rater check (nothing for generate/expected)."""
+              relevance_tokens: int = 96, l2: float = 10.0, backtranslated: list[dict] = ()) -> Rater:
+    """Fit what `scoring` needs on the dev parts of the rater check: the constructed `pairs` and the
+    hand-labelled `backtranslated` pairs. Distribution modes get cut points on the expected score, from the
+    backtranslated dev pairs (the pairs `rate` sees are like them); the probe's head and gate fit on both
+    parts. `generate` writes its own integer."""
     if scoring not in SCORINGS:
         raise ValueError(f"scoring must be one of {', '.join(SCORINGS)}, not {scoring!r}")
     rater = Rater(scoring, max_new_tokens, relevance_tokens)
+    real = probe_items([p for p in backtranslated if p["split"] == "dev"])
     if scoring == "calibrated":
         rater.tensors["calibration"] = torch.tensor(content_free_logprobs(engine))
         rater.fit = {"content_free_pairs": len(CONTENT_FREE)}
-    elif scoring == "probe":
-        items = rater_check_items(pairs, "dev")
+    if scoring == "probe":
+        items = rater_check_items(pairs, "dev") + real
         feats = rater_features(engine, items, relevance_tokens)
         feats = [{**f, "hidden": [round(x, 3) for x in f["hidden"]], "relevance": round(f["relevance"], 3),
                   "logprobs": [round(x, 3) for x in f["logprobs"]]} for f in feats]
-        rater.tensors.update(fit_head(items, feats, l2=l2))
-        rater.tensors.update({f"gate_{k}": v for k, v in fit_gate(items, feats).items()})
-        rater.fit = {"dev_pairs": len(items), "l2": l2,
-                     "dev_instructions": len({it["instruction_id"] for it in items})}
+        rater.tensors.update(fit_probe(items, feats, l2))
+        scores = expected(gated_probs(rater.tensors, feats[len(items) - len(real):])).tolist() if real else []
+        rater.fit = {"dev_pairs": len(items) - len(real), "backtranslated_dev_pairs": len(real), "l2": l2,
+                     "dev_instructions": len({it["instruction_id"] for it in items[: len(items) - len(real)]})}
+    elif scoring in ("expected", "calibrated") and real:
+        scores = expected(rater.probabilities(engine, real)[0]).tolist()
+        rater.fit["backtranslated_dev_pairs"] = len(real)
+    if scoring != "generate" and real:
+        rater.tensors["cuts"] = fit_cuts(scores, [it["level"] for it in real])
     return rater
 
 
-def check_rater(engine: Engine, pairs: list[dict], c) -> tuple[Rater, list[dict], dict]:
-    """Fit the scoring mode `c.scoring` on the dev part of the rater check, then rate its test part:
-    (the fit rater, the rated test items, the rater-check metrics)."""
-    rater = fit_rater(engine, pairs, c.scoring, c.max_new_tokens, c.relevance_tokens, c.probe_l2)
+def check_rater(engine: Engine, pairs: list[dict], backtranslated: list[dict], c) -> tuple[Rater, list[dict], dict]:
+    """Fit the scoring mode `c.scoring` on the dev parts of the rater check, then rate both test parts:
+    (the fit rater, the rated constructed test items, the metrics of each part: `constructed`,
+    `backtranslated`)."""
+    rater = fit_rater(engine, pairs, c.scoring, c.max_new_tokens, c.relevance_tokens, c.probe_l2, backtranslated)
     items = rater_check_items(pairs, "test")
     rated = rater.rate(engine, items)
-    metrics = rater_check_metrics(items, [r["score_expected"] for r in rated])
-    return rater, rated, {**metrics, **rating_metrics(items, rated)}
+    constructed = {**rater_check_metrics(items, [r["score_expected"] for r in rated]), **rating_metrics(items, rated),
+                   "precision_at_5": rating_metrics(items, rated, 5)["precision_at_5"]}
+    constructed["auc_fit"] = constructed.pop("auc_offtopic")  # here the pairs that do not fit are the swaps
+    real = [p for p in backtranslated if p["split"] == "test"]
+    real_rated = rater.rate(engine, [{"instruction": p["instruction"], "response": p["response"]} for p in real])
+    return rater, rated, {"constructed": constructed, "backtranslated": backtranslated_metrics(real, real_rated)}
