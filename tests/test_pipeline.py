@@ -43,7 +43,7 @@ def test_every_output_has_its_schema_and_counts(workspace):
 
     test_part = [p for p in load_backtranslated(os.path.join(ws, "data/rater_check/backtranslated.jsonl"))
                  if p["split"] == "test"]
-    assert headline <= set(real) and real["pairs"] == len(test_part) >= 120
+    assert headline <= set(real) and real["pairs"] == len(test_part) >= 10  # tiny.balance_backtranslated
     assert real["fit"] == sum(p["fits"] for p in test_part) and real["kept_at_5"] <= real["kept_at_4"] <= len(test_part)
 
     aug = load(ws, "data/self_augmented.json")
@@ -116,7 +116,8 @@ def test_every_output_has_its_schema_and_counts(workspace):
 def test_threshold_change_reruns_only_curation_and_after(workspace):
     ws = workspace
     scores = sorted(r["score"] for r in load(ws, "data/curated_dataset_all_evaluated.json"))
-    threshold = scores[len(scores) // 2]  # the median: keeps about half, a different set than before
+    distinct = sorted(set(scores))
+    threshold = distinct[len(distinct) // 2]  # a middle score: above the tiny profile's 1, keeps part
     tiny.set_params(ws, **{"curation.threshold": threshold})
     proc = tiny.run(["dvc", "repro"], ws)
     assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE
@@ -151,7 +152,8 @@ def test_full_recipe_trains_m0_and_m1_and_rates_twice(full_recipe):
     assert load(ws, "metrics/seed_sft.json")["trained"] and load(ws, "metrics/finetune_round1.json")["trained"]
     assert load(ws, "metrics/rater_check.json")["rater"] == "self"
     rerate = load(ws, "metrics/rerate.json")
-    assert rerate["iterations"] == 2 and rerate["rater_check"]["pairs"] > 0
+    assert rerate["iterations"] == 2 and rerate["rater_check"]["constructed"]["pairs"] > 0
+    assert rerate["rater_check"]["backtranslated"]["pairs"] > 0
     filtered = load(ws, "data/self_augmented_filtered.json")
     assert [r["id"] for r in load(ws, "data/curated_dataset_all_evaluated.json")] == [r["id"] for r in filtered]
     # the round-2 ratings come from M1, not copied from round 1's: M1's probe/expected scores differ
@@ -165,8 +167,8 @@ def test_full_recipe_trains_m0_and_m1_and_rates_twice(full_recipe):
 
 def test_threshold_change_with_iterations_reruns_only_after_the_ratings(full_recipe):
     ws = full_recipe
-    scores = sorted(r["score"] for r in load(ws, "data/rated_round1.json"))
-    tiny.set_params(ws, **{"curation.threshold": scores[len(scores) // 2]})
+    distinct = sorted({r["score"] for r in load(ws, "data/rated_round1.json")})
+    tiny.set_params(ws, **{"curation.threshold": distinct[len(distinct) // 2]})
     proc = tiny.run(["dvc", "repro"], ws)
     assert tiny.ran_stages(proc.stdout) == tiny.AFTER_RATE_ITERATED
     for stage in ("filter", "seed_sft", "rater_check", "rate"):

@@ -129,6 +129,25 @@ def run(cmd: list[str], cwd: str, check: bool = True, env: dict | None = None):
     return proc
 
 
+BACKTRANSLATED = "data/rater_check/backtranslated.jsonl"
+
+
+def balance_backtranslated(path: str, per_rating: int = 3) -> None:
+    """Keep `per_rating` labelled pairs of each rating in each part. The rater's cut points follow the dev
+    part's labels: balanced, they spread the tiny rater's ratings over the five levels, which the
+    threshold tests sweep (the real set is mostly 1s); and the tiny run scores 30 pairs, not 512."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        pairs = [json.loads(line) for line in f if line.strip()]
+    kept = []
+    for part in ("dev", "test"):
+        for rating in range(1, 6):
+            kept += [p for p in pairs if p["split"] == part and p["rating"] == rating][:per_rating]
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(p) + "\n" for p in kept)
+
+
 def make_workspace(dest: str, repo: str, model_dir: str, **overrides) -> str:
     """A fresh git+DVC copy of the tracked project files with the tiny profile, committed."""
     import shutil
@@ -144,6 +163,7 @@ def make_workspace(dest: str, repo: str, model_dir: str, **overrides) -> str:
         shutil.copy2(os.path.join(repo, rel), os.path.join(dest, rel))
     for rel in ("dvclive", "metrics", "plots"):  # outs of the default run, rebuilt here
         shutil.rmtree(os.path.join(dest, rel), ignore_errors=True)
+    balance_backtranslated(os.path.join(dest, BACKTRANSLATED))
     with open(os.path.join(dest, "params.yaml"), "w") as f:
         yaml.safe_dump(tiny_params(repo, model_dir, **overrides), f, sort_keys=False)
     run(["git", "init", "-q"], dest)
