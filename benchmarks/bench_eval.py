@@ -9,7 +9,10 @@ final model (models/final) and inputs:
 (b) greedy IFEval answers of the final model at several `evaluate.respond_batch_size`s, without the
     result cache: time, generated tokens, and how many answers equal the first batch size's.
 
-    python benchmarks/bench_eval.py [--batch-sizes 64,128,240] [--skip-nll]
+    python benchmarks/bench_eval.py [--batch-sizes 64,128,240] [--skip-nll] [--save FILE] [--compare FILE]
+
+--save and --compare check that an engine change computes the same answers: run with --save on one
+checkout (PYTHONPATH=<checkout>), then with --compare on the other.
 
 Prints a markdown table; the CPU is named in it.
 """
@@ -17,6 +20,7 @@ Prints a markdown table; the CPU is named in it.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 
@@ -31,7 +35,7 @@ from humpback.prompts import forward_text
 from humpback.stage import cpu_model
 
 
-def full_logits_losses(model, tokenizer, pairs, batch_size, max_length, system, response_tokens=None):
+def full_logits_losses(model, tokenizer, pairs, batch_size, max_length, desc, system=None, response_tokens=None):
     """The NLL pass as it was: logits (as float) at every position of the batch, then the loss."""
     examples = []
     for p in pairs:
@@ -65,6 +69,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--batch-sizes", default="64,128,240")
     ap.add_argument("--skip-nll", action="store_true", help="only (b)")
+    ap.add_argument("--save", help="(b): write the first batch size's answers to this JSON file")
+    ap.add_argument("--compare", help="(b): count the first batch size's answers identical to this file's")
     args = ap.parse_args()
     params = load_params()
     m, e = params.model, params.evaluate
@@ -76,7 +82,14 @@ def main():
 
     if not args.skip_nll:
         nll_passes(m, e, held, others, tok, system)
-    answers(m, e, inputs, tok, system, [int(b) for b in args.batch_sizes.split(",")])
+    first = answers(m, e, inputs, tok, system, [int(b) for b in args.batch_sizes.split(",")])
+    if args.save:
+        with open(args.save, "w", encoding="utf-8") as f:
+            json.dump(first, f)
+    if args.compare:  # e.g. the same command's --save on another checkout (PYTHONPATH=<checkout>)
+        with open(args.compare, encoding="utf-8") as f:
+            other = json.load(f)
+        print(f"\nidentical to {args.compare}: {sum(a == b for a, b in zip(first, other))}/{len(first)}")
 
 
 def nll_passes(m, e, held, others, tok, system):
@@ -86,26 +99,23 @@ def nll_passes(m, e, held, others, tok, system):
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     reference = None
     for name in ("before", "response positions", "merged, response positions"):
-        def load():
-            if name.startswith("merged"):
-                return models.load_model(m.base, m.load_in_4bit, m.dtype, adapter=paths.FINAL.model)
-            from peft import PeftModel
-            return PeftModel.from_pretrained(models.load_model(m.base, m.load_in_4bit, m.dtype), paths.FINAL.model)
-        model, t_load = timed(load)
-        if name != "before":
-            run = lambda pairs, n=None: nll.token_losses(model, tok, pairs, e.batch_size, e.max_length, "nll",
-                                                         system, response_tokens=n)
+        if name.startswith("merged"):
+            model, t_load = timed(lambda: models.load_model(m.base, m.load_in_4bit, m.dtype, adapter=paths.FINAL.model))
         else:
-            run = lambda pairs, n=None: full_logits_losses(model, tok, pairs, e.batch_size, e.max_length, system, n)
-        own, t_own = timed(lambda: run(held))
-        other, t_other = timed(lambda: run(others, e.gap_tokens))
+            from peft import PeftModel
+
+            model, t_load = timed(lambda: PeftModel.from_pretrained(models.load_model(m.base, m.load_in_4bit, m.dtype),
+                                                                    paths.FINAL.model))
+        losses = full_logits_losses if name == "before" else nll.token_losses
+        own, t_own = timed(lambda: losses(model, tok, held, e.batch_size, e.max_length, "nll", system))
+        other, t_other = timed(lambda: losses(model, tok, others, e.batch_size, e.max_length, "nll", system,
+                                              e.gap_tokens))
         flat = [x for row in own + other for x in row]
         reference = reference or flat
         diff = max(abs(a - b) for a, b in zip(flat, reference)) if len(flat) == len(reference) else float("nan")
         mean, gap = nll.nll_summary(own)["nll"], sum(nll.gap_items(own, other, e.gap_tokens)) / len(own)
         print(f"| {name} | {t_load:.1f} | {t_own:.1f} | {t_other:.1f} | {t_own + t_other:.1f} | {mean:.4f} | "
               f"{gap:.4f} | {diff:.2e} |")
-        del model
 
 
 def answers(m, e, inputs, tok, system, batch_sizes):
@@ -125,6 +135,7 @@ def answers(m, e, inputs, tok, system, batch_sizes):
         first = first or out
         gen = engine.stats["generated_tokens"]
         print(f"| {bs} | {t:.1f} | {gen} | {gen / t:.0f} | {sum(a == b for a, b in zip(out, first))}/{len(out)} |")
+    return first
 
 
 if __name__ == "__main__":

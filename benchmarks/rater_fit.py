@@ -28,7 +28,7 @@ from humpback.config import load_params
 from humpback.curation.backtranslated import load_backtranslated
 from humpback.curation.check import (backtranslated_metrics, load_rater_check, rater_check_items, rater_check_metrics,
                                      rating_metrics)
-from humpback.curation.probe import (_head_inputs, _minimize, expected, fit_cuts, fit_gate, fit_head, gated_probs,
+from humpback.curation.probe import (_head_inputs, _minimize, expected, fit_cuts, fit_head, fit_probe, gated_probs,
                                      head_probs, on_topic, rating)
 from humpback.curation.rater import probe_items, rater_features
 from humpback.engine import open_engine
@@ -74,12 +74,10 @@ def group(it: dict) -> str:
 
 
 def fit(items, feats, l2, gate):
-    tensors = dict(fit_head(items, feats, l2=l2))
+    """The pipeline's probe (head and relevance gate), or the head with the fit head instead of the gate."""
     if gate == "fit":
-        tensors.update(fit_fits(items, feats, l2=l2))
-    else:
-        tensors.update({f"gate_{k}": v for k, v in fit_gate(items, feats).items()})
-    return tensors
+        return {**fit_head(items, feats, l2=l2), **fit_fits(items, feats, l2=l2)}
+    return fit_probe(items, feats, l2)
 
 
 def cv_loss(items, feats, l2, gate, folds=4):

@@ -208,7 +208,8 @@ class Smoke:
         ids = sorted({p["instruction_id"] for p in pairs})[::8]
         pairs = [p for p in pairs if p["instruction_id"] in ids]
         real = load_backtranslated(os.path.join(ROOT, c.check_backtranslated))
-        real = [p for p in real if p["response_id"] in sorted({q["response_id"] for q in real})[::8]]
+        responses = set(sorted({p["response_id"] for p in real})[::8])  # and every eighth labelled response
+        real = [p for p in real if p["response_id"] in responses]
         engine = open_engine(model, params.model, c.batch_size, chat=True)
         where = self.check_device(engine.model, "the rater's model")
         c = dataclasses.replace(c, scoring="probe", relevance_tokens=32)

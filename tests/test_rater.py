@@ -4,11 +4,9 @@ import json
 import os
 
 import pytest
-
-from humpback import HumpbackError
-
 import torch
 
+from humpback import HumpbackError
 from humpback.curation.backtranslated import load_backtranslated
 from humpback.curation.check import load_rater_check, rater_check_items, rater_check_metrics, rating_metrics
 from humpback.curation.probe import expected, fit_cuts, fit_head, head_probs, rating

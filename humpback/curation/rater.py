@@ -200,18 +200,19 @@ def fit_rater(engine: Engine, pairs: list[dict], scoring: str, max_new_tokens: i
         rater.tensors["calibration"] = torch.tensor(content_free_logprobs(engine))
         rater.fit = {"content_free_pairs": len(CONTENT_FREE)}
     if scoring == "probe":
-        items = rater_check_items(pairs, "dev") + real
-        feats = rater_features(engine, items, relevance_tokens)
+        constructed = rater_check_items(pairs, "dev")
+        feats = rater_features(engine, constructed + real, relevance_tokens)
         feats = [{**f, "hidden": [round(x, 3) for x in f["hidden"]], "relevance": round(f["relevance"], 3),
                   "logprobs": [round(x, 3) for x in f["logprobs"]]} for f in feats]
-        rater.tensors.update(fit_probe(items, feats, l2))
-        scores = expected(gated_probs(rater.tensors, feats[len(items) - len(real):])).tolist() if real else []
-        rater.fit = {"dev_pairs": len(items) - len(real), "backtranslated_dev_pairs": len(real), "l2": l2,
-                     "dev_instructions": len({it["instruction_id"] for it in items[: len(items) - len(real)]})}
-    elif scoring in ("expected", "calibrated") and real:
-        scores = expected(rater.probabilities(engine, real)[0]).tolist()
-        rater.fit["backtranslated_dev_pairs"] = len(real)
+        rater.tensors.update(fit_probe(constructed + real, feats, l2))
+        rater.fit = {"dev_pairs": len(constructed), "backtranslated_dev_pairs": len(real), "l2": l2,
+                     "dev_instructions": len({it["instruction_id"] for it in constructed})}
     if scoring != "generate" and real:
+        if scoring == "probe":  # the final fit's own scores of the backtranslated dev pairs
+            scores = expected(gated_probs(rater.tensors, feats[len(constructed):])).tolist()
+        else:
+            scores = expected(rater.probabilities(engine, real)[0]).tolist()
+            rater.fit["backtranslated_dev_pairs"] = len(real)
         rater.tensors["cuts"] = fit_cuts(scores, [it["level"] for it in real])
     return rater
 
